@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Everything a user can get wrong (a bad flag, an unreadable file, a size the model cannot do) raises
+:class:`MicroCinemaError` with a one-line message that names the problem and what is allowed. The CLI
+prints that line and exits with status 2; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class MicroCinemaError(ValueError):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`MicroCinemaError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise MicroCinemaError(message)
