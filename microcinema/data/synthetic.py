@@ -1,0 +1,308 @@
+"""The procedural text-video domain (DESIGN.md section 4).
+
+A world small enough to train on a laptop CPU and rich enough to test what the papers claim: one object
+(a shape or a real handwritten digit from scikit-learn's ``load_digits``) of one colour on a plain
+background, moving in one of seven ways, with a caption drawn from varied templates and synonyms, and
+the exact ground truth (object, colour, background, motion, per-frame centre and size) kept with it.
+
+Motion is defined in continuous time (pixels per second), so one clip can be rendered at any frame
+rate: 9 frames at 2 fps (MicroCinema's base model) and 33 frames at 8 fps cover the same 4 seconds
+with the same trajectory. A clip is fully determined by ``(seed, split, index, num_frames, fps, size)``.
+
+Composition is tested with :data:`HELD_OUT_COMBOS`: (colour, object, motion) triples that never occur
+in the ``train`` split (each colour, object and motion on its own does) and are the only ones in
+``heldout``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..errors import MicroCinemaError, check
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary
+# ----------------------------------------------------------------------------------------------
+
+#: colour name -> (RGB, caption words). The first word is the canonical name.
+COLOURS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
+    "red": ((220, 40, 40), ("red", "crimson", "scarlet")),
+    "green": ((50, 190, 60), ("green", "emerald", "lime")),
+    "blue": ((50, 90, 235), ("blue", "azure", "cobalt")),
+    "yellow": ((240, 220, 40), ("yellow", "golden", "lemon")),
+    "purple": ((150, 60, 205), ("purple", "violet", "lilac")),
+    "orange": ((245, 140, 30), ("orange", "amber", "tangerine")),
+    "white": ((245, 245, 245), ("white", "snow-white", "ivory")),
+    "cyan": ((40, 220, 220), ("cyan", "aqua", "turquoise")),
+}
+
+#: background name -> RGB. Dark, so that every object colour stands out.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (12, 12, 12),
+    "charcoal": (50, 50, 55),
+    "navy": (20, 25, 75),
+    "forest": (20, 60, 30),
+    "maroon": (75, 20, 25),
+    "plum": (55, 25, 55),
+}
+
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+#: object name -> caption words. Digits are real handwriting from ``sklearn.datasets.load_digits``.
+OBJECTS: dict[str, tuple[str, ...]] = {
+    "circle": ("circle", "ball", "disc"),
+    "square": ("square", "box", "block"),
+    "triangle": ("triangle", "triangular shape"),
+    "star": ("star", "five-pointed star"),
+    **{
+        f"digit{k}": (f"digit {k}", f"handwritten {k}", f"number {_DIGIT_WORDS[k]}", f"handwritten digit {_DIGIT_WORDS[k]}")
+        for k in range(10)
+    },
+}
+
+#: motion name -> caption templates; ``{np}`` is the noun phrase ("a red circle").
+MOTIONS: dict[str, tuple[str, ...]] = {
+    "left": ("{np} moving left", "{np} drifts to the left", "{np} slides leftward",
+             "{np} travels from right to left", "{np} heading left", "{np} moves toward the left edge"),
+    "right": ("{np} moving right", "{np} drifts to the right", "{np} slides rightward",
+              "{np} travels from left to right", "{np} heading right", "{np} moves toward the right edge"),
+    "up": ("{np} moving up", "{np} rises", "{np} floats upward",
+           "{np} travels from bottom to top", "{np} heading up", "{np} climbing toward the top"),
+    "down": ("{np} moving down", "{np} falls", "{np} sinks downward",
+             "{np} travels from top to bottom", "{np} heading down", "{np} dropping toward the bottom"),
+    "still": ("{np} staying still", "{np} standing still", "{np} resting in place",
+              "{np} that does not move", "{np} hovering motionless", "{np} stays put"),
+    "grow": ("{np} growing", "{np} getting bigger", "{np} expanding",
+             "{np} grows larger", "{np} swelling in size", "{np} becoming larger"),
+    "shrink": ("{np} shrinking", "{np} getting smaller", "{np} contracting",
+               "{np} shrinks away", "{np} becoming smaller", "{np} dwindling in size"),
+}
+
+#: (colour, object, motion) combinations never seen in training; the ``heldout`` split uses only these.
+#: Every colour appears twice, every motion at least twice, shapes and digits both.
+HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = (
+    ("red", "star", "left"), ("red", "digit7", "right"),
+    ("green", "circle", "up"), ("green", "digit0", "left"),
+    ("blue", "triangle", "right"), ("blue", "square", "grow"),
+    ("yellow", "square", "down"), ("yellow", "star", "shrink"),
+    ("purple", "digit3", "grow"), ("purple", "circle", "right"),
+    ("orange", "circle", "shrink"), ("orange", "triangle", "up"),
+    ("white", "triangle", "still"), ("white", "square", "left"),
+    ("cyan", "star", "down"), ("cyan", "digit5", "still"),
+)
+
+#: Sampling weight of each object: the ten digits together weigh as much as two shapes, so a third of
+#: the clips show a digit (each digit 1/30 of them, each shape 1/6).
+OBJECT_WEIGHTS: dict[str, float] = {o: (0.2 if o.startswith("digit") else 1.0) for o in OBJECTS}
+
+SPLITS = ("train", "heldout")
+_SPLIT_CODE = {"train": 0, "heldout": 1}
+
+# Motion parameters, in units of the frame size per second (so they do not depend on resolution).
+_SPEED = (0.09, 0.13)  # translation speed: 4 s cover 36-52 % of the frame
+_SIZE = (0.24, 0.34)  # object extent for motions that keep the size
+_DIGIT_SIZE = (0.32, 0.42)  # digits are thin strokes: a little larger to stay legible
+_GROW_START = (0.16, 0.22)
+_GROW_RATE = (0.05, 0.07)  # extent gained (or lost, for shrink) per second
+_MAX_SIZE = 0.6
+_MIN_SIZE = 0.1
+_SUPERSAMPLE = 4
+
+
+def all_combos() -> list[tuple[str, str, str]]:
+    """Every (colour, object, motion) triple of the domain, in a fixed order."""
+    return [(c, o, m) for c in COLOURS for o in OBJECTS for m in MOTIONS]
+
+
+def train_combos() -> list[tuple[str, str, str]]:
+    """The combinations of the ``train`` split: all of them but :data:`HELD_OUT_COMBOS`."""
+    held = set(HELD_OUT_COMBOS)
+    return [c for c in all_combos() if c not in held]
+
+
+def combos_for_split(split: str) -> list[tuple[str, str, str]]:
+    check(split in SPLITS, f"unknown split {split!r}: allowed are {', '.join(SPLITS)}")
+    return train_combos() if split == "train" else list(HELD_OUT_COMBOS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Clip specification: everything random about a clip is drawn here, from one seeded generator.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClipSpec:
+    """The ground truth of one clip. Centres are (x, y) in pixels, sizes are the object's extent in pixels."""
+
+    index: int
+    split: str
+    seed: int
+    colour: str
+    object: str
+    motion: str
+    background: str
+    caption: str
+    fps: float
+    num_frames: int
+    size: int
+    centers: list[list[float]] = field(default_factory=list)
+    sizes: list[float] = field(default_factory=list)
+    digit_instance: int | None = None
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["centers"] = [[round(x, 3), round(y, 3)] for x, y in self.centers]
+        row["sizes"] = [round(s, 3) for s in self.sizes]
+        return row
+
+
+def _article(phrase: str) -> str:
+    return "an" if phrase[0] in "aeiou" else "a"
+
+
+def make_caption(colour: str, obj: str, motion: str, background: str, rng: np.random.Generator) -> str:
+    """Draw a caption: a motion template, colour and object synonyms, sometimes the background."""
+    colour_word = rng.choice(COLOURS[colour][1])
+    object_word = rng.choice(OBJECTS[obj])
+    phrase = f"{colour_word} {object_word}"
+    noun_phrase = f"{_article(phrase)} {phrase}" if rng.random() < 0.8 else phrase
+    caption = rng.choice(MOTIONS[motion]).format(np=noun_phrase)
+    if rng.random() < 0.3:
+        caption += f" on a {background} background"
+    return caption
+
+
+def _check_render_args(num_frames: int, fps: float, size: int) -> None:
+    check(isinstance(num_frames, (int, np.integer)) and num_frames >= 1, f"num_frames must be an integer >= 1, got {num_frames!r}")
+    check(fps > 0 and math.isfinite(fps), f"fps must be a positive number, got {fps!r}")
+    check(isinstance(size, (int, np.integer)) and size >= 16 and size % 2 == 0,
+          f"size must be an even integer >= 16 (pixels), got {size!r}")
+
+
+def sample_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: int = 33, fps: float = 8.0,
+                size: int = 64) -> ClipSpec:
+    """Draw clip ``index`` of a split: its combination, caption and trajectory (frame i is at time i / fps).
+
+    Deterministic in ``(seed, split, index, num_frames, fps, size)``. Two renderings that cover the same
+    duration ``(num_frames - 1) / fps`` share the same trajectory, whatever their frame rates.
+    """
+    _check_render_args(num_frames, fps, size)
+    combos = combos_for_split(split)
+    rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
+    weights = np.array([OBJECT_WEIGHTS[o] for _, o, _ in combos])
+    colour, obj, motion = combos[rng.choice(len(combos), p=weights / weights.sum())]
+    background = str(rng.choice(list(BACKGROUNDS)))
+    caption = make_caption(colour, obj, motion, background, rng)
+    digit_instance = int(rng.choice(_digit_indices(int(obj[5:])))) if obj.startswith("digit") else None
+
+    duration = (num_frames - 1) / fps
+    times = np.arange(num_frames) / fps
+    lo, hi = _DIGIT_SIZE if digit_instance is not None else _SIZE
+    if motion in ("grow", "shrink"):
+        rate = rng.uniform(*_GROW_RATE)
+        small = rng.uniform(*_GROW_START)
+        rate = min(rate, (_MAX_SIZE - small) / duration) if duration > 0 else rate
+        sizes = small + rate * times if motion == "grow" else small + rate * (duration - times)
+    else:
+        sizes = np.full(num_frames, rng.uniform(lo, hi))
+    sizes = sizes * size
+
+    half = sizes.max() / 2 + 1
+    centre = rng.uniform(half, size - half, size=2)
+    velocity = np.zeros(2)
+    if motion in ("left", "right", "up", "down"):
+        speed = rng.uniform(*_SPEED) * size
+        room = size - 2 * half
+        if duration > 0:
+            speed = min(speed, room / duration)
+        axis, sign = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}[motion]
+        travel = speed * duration
+        # start so that the whole trajectory stays inside the frame
+        start_lo, start_hi = (half + travel, size - half) if sign < 0 else (half, size - half - travel)
+        centre[axis] = rng.uniform(start_lo, max(start_lo, start_hi))
+        velocity[axis] = sign * speed
+    centers = centre[None, :] + times[:, None] * velocity[None, :]
+    return ClipSpec(index=index, split=split, seed=seed, colour=colour, object=obj, motion=motion,
+                    background=background, caption=caption, fps=float(fps), num_frames=int(num_frames),
+                    size=int(size), centers=centers.tolist(), sizes=sizes.tolist(), digit_instance=digit_instance)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    # ink 0..16; strokes are mostly >= 10: stretch so strokes are opaque and the colour reads true
+    return np.clip(data.images.astype(np.float32) / 11.0, 0.0, 1.0), data.target
+
+
+def _digit_indices(digit: int) -> np.ndarray:
+    images, targets = _digits()
+    return np.flatnonzero(targets == digit)
+
+
+def _star_polygon(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
+    points = []
+    for k in range(10):
+        r = radius if k % 2 == 0 else radius * 0.45
+        angle = -math.pi / 2 + k * math.pi / 5
+        points.append((cx + r * math.cos(angle), cy + r * math.sin(angle)))
+    return points
+
+
+def render_mask(obj: str, center: tuple[float, float], extent: float, size: int, digit_instance: int | None = None) -> np.ndarray:
+    """Anti-aliased coverage mask (H, W) in [0, 1] of one object (supersampled 4x, box-filtered)."""
+    s = _SUPERSAMPLE
+    cx, cy, r = center[0] * s, center[1] * s, extent * s / 2
+    if obj.startswith("digit"):
+        check(digit_instance is not None, "a digit object needs its load_digits instance index")
+        glyph = Image.fromarray((_digits()[0][digit_instance] * 255).astype(np.uint8))
+        side = max(1, int(round(2 * r)))
+        glyph = glyph.resize((side, side), Image.BILINEAR)
+        canvas = Image.new("L", (size * s, size * s), 0)
+        canvas.paste(glyph, (int(round(cx - side / 2)), int(round(cy - side / 2))))
+    else:
+        canvas = Image.new("L", (size * s, size * s), 0)
+        draw = ImageDraw.Draw(canvas)
+        if obj == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        elif obj == "square":
+            draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=255)
+        elif obj == "triangle":
+            h = 2 * r  # equilateral-ish, pointing up, filling the extent box
+            draw.polygon([(cx, cy - h / 2), (cx + r, cy + h / 2), (cx - r, cy + h / 2)], fill=255)
+        elif obj == "star":
+            draw.polygon(_star_polygon(cx, cy, r), fill=255)
+        else:
+            raise MicroCinemaError(f"unknown object {obj!r}: allowed are {', '.join(OBJECTS)}")
+    mask = canvas.resize((size, size), Image.BOX)
+    return np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def render_frame(spec: ClipSpec, frame: int) -> np.ndarray:
+    """Render frame ``frame`` of a clip to uint8 (H, W, 3)."""
+    colour = np.array(COLOURS[spec.colour][0], dtype=np.float32)
+    background = np.array(BACKGROUNDS[spec.background], dtype=np.float32)
+    alpha = render_mask(spec.object, spec.centers[frame], spec.sizes[frame], spec.size, spec.digit_instance)[..., None]
+    return np.clip(background * (1 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_clip(spec: ClipSpec) -> np.ndarray:
+    """Render a clip to uint8 frames (T, H, W, 3)."""
+    return np.stack([render_frame(spec, i) for i in range(spec.num_frames)])
+
+
+def make_clip(index: int, **kwargs) -> tuple[np.ndarray, ClipSpec]:
+    """Sample and render clip ``index``: ``(frames uint8 (T, H, W, 3), spec)``. kwargs as :func:`sample_clip`."""
+    spec = sample_clip(index, **kwargs)
+    return render_clip(spec), spec
