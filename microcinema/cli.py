@@ -18,6 +18,7 @@ MicroCinema: text-to-video generation with diffusion models.
 
   data synth   write procedural text-video clips (video files + a caption table with ground truth)
   data grid    write a PNG grid of clips from a caption table, to look at a data set
+  train        train a model of the embedded family (vae, t2i) with the shared trainer
 
 Every command has its own --help with examples. Nothing is downloaded: models come from a local path
 (or a hub id you have cached), and the embedded tiny models ship inside the package.
@@ -123,6 +124,55 @@ def _cmd_data_grid(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+TRAIN_EXAMPLES = """\
+examples:
+  microcinema train vae --config vae --output-dir runs/vae --export microcinema/weights/vae
+  microcinema train t2i --config t2i --output-dir runs/t2i --export microcinema/weights/t2i
+  microcinema train t2i --config my_t2i.yaml --output-dir runs/t2i-big --max-steps 20000
+
+A run resumes from the newest checkpoint in --output-dir (kill it any time). It writes loss.jsonl
+(plot it with --plot), checkpoints/ and final/ (EMA weights); --export also writes fp16 safetensors and
+training.json (the command, config and evaluation numbers) to the folder given.
+For multi-GPU: accelerate launch -m microcinema.cli train ...
+"""
+
+
+def _add_train_command(subparsers: argparse._SubParsersAction) -> None:
+    from .tasks import TASKS
+
+    train = subparsers.add_parser(
+        "train", help="train a model of the embedded family", epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model with the shared accelerate trainer. Tasks: "
+                    + "; ".join(f"{name}: {what}" for name, (_, what) in TASKS.items()),
+    )
+    train.add_argument("task", choices=list(TASKS), help="what to train")
+    train.add_argument("--config", required=True,
+                       help="a YAML config, or the name of a shipped one (" + ", ".join(TASKS) + ")")
+    train.add_argument("--output-dir", type=Path, default=None, help="run folder (default runs/TASK)")
+    train.add_argument("--export", type=Path, default=None, help="also write fp16 weights + training.json here")
+    train.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="override the config")
+    train.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, help="override the config")
+    train.add_argument("--plot", action="store_true", help="write loss.png in the run folder at the end")
+    train.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import json
+
+    from .tasks import run_task
+    from .tasks.common import load_config
+    from .trainer import plot_loss
+
+    config = load_config(args.config)
+    output_dir = args.output_dir or Path("runs") / args.task
+    report = run_task(args.task, config, str(output_dir), export=args.export, max_steps=args.max_steps,
+                      batch_size=args.batch_size)
+    if args.plot:
+        plot_loss(Path(output_dir) / "loss.jsonl", Path(output_dir) / "loss.png")
+    print(json.dumps(report, indent=2, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="microcinema", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -131,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     _add_data_commands(subparsers)
+    _add_train_command(subparsers)
     return parser
 
 

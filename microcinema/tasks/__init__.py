@@ -1,0 +1,19 @@
+"""Training tasks: one module per model of the embedded family, all on the shared :class:`~microcinema.trainer.Trainer`.
+
+``microcinema train NAME --config CONFIG`` runs ``TASKS[NAME].train(config, output_dir, export)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: task name -> (module, what it trains)
+TASKS: dict[str, tuple[str, str]] = {
+    "vae": ("microcinema.tasks.vae", "the tiny VAE (AutoencoderKL) on procedural frames"),
+    "t2i": ("microcinema.tasks.t2i", "the tiny text-to-image U-Net (stage one) on procedural key frames"),
+}
+
+
+def run_task(name: str, config: dict, output_dir: str, export: str | None = None, **overrides) -> dict:
+    module = importlib.import_module(TASKS[name][0])
+    return module.train(config, output_dir, export=export, **overrides)

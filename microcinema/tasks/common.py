@@ -1,0 +1,104 @@
+"""What every training task shares: configs, the embedded weights' location, fp16 export with provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..errors import MicroCinemaError
+from ..trainer import TrainConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PACKAGE_DIR / "configs"
+#: Shipped weights of the embedded tiny family (diffusers folder layout, fp16 safetensors).
+WEIGHTS_DIR = PACKAGE_DIR / "weights"
+
+
+def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """A training config: a shipped name (``vae``, ``t2i``, ...) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise MicroCinemaError(f"config {name_or_path!r} not found: give a YAML file or a shipped config ({shipped})")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise MicroCinemaError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(config, dict) or "train" not in config or "model" not in config:
+        raise MicroCinemaError(f"config {path} must be a mapping with 'model' and 'train' sections")
+    config["_path"] = str(path)
+    return config
+
+
+def train_config(config: dict[str, Any], output_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The ``train:`` section as a :class:`TrainConfig` (unknown keys are an error), with CLI overrides."""
+    section = {**config["train"], **{k: v for k, v in overrides.items() if v is not None}}
+    if "adam_betas" in section:
+        section["adam_betas"] = tuple(section["adam_betas"])
+    try:
+        return TrainConfig(output_dir=str(output_dir), **section)
+    except TypeError as error:
+        raise MicroCinemaError(f"bad 'train' section in {config.get('_path')}: {error}") from None
+
+
+def embedded_path(name: str) -> Path:
+    """Folder of a shipped model (``vae``, ``t2i``, ...); a clear error if it is not in this install."""
+    path = WEIGHTS_DIR / name
+    if not (path / "config.json").exists():
+        raise MicroCinemaError(f"the embedded {name!r} weights are missing from {WEIGHTS_DIR}; "
+                               f"train them with `microcinema train {name} --export {path}` or pass a model path")
+    return path
+
+
+def export_fp16(model: Any, export_dir: str | os.PathLike, provenance: dict[str, Any]) -> Path:
+    """Save ``model`` as fp16 safetensors (diffusers layout) plus ``training.json`` (how it was made, and its
+    evaluation numbers), replacing ``export_dir`` atomically."""
+    export_dir = Path(export_dir)
+    tmp = export_dir.with_name(f".{export_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the cast warns about keep-in-fp32 modules these models lack
+    half = model.to(torch.float16)
+    diffusers_logging.set_verbosity(verbosity)
+    try:
+        half.save_pretrained(str(tmp), safe_serialization=True)
+    finally:
+        model.to(torch.float32)
+    (tmp / "training.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    if export_dir.exists():
+        shutil.rmtree(export_dir)
+    os.replace(tmp, export_dir)
+    return export_dir
+
+
+def provenance(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The exact command, config, code version and time of a training run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PACKAGE_DIR,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"command": " ".join(["microcinema", *sys.argv[1:]]), "config": {k: v for k, v in config.items()
+            if not k.startswith("_")}, "config_file": config.get("_path"), "git_commit": commit,
+            "torch": torch.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+
+
+def write_evaluation(export_dir: str | os.PathLike, evaluation: dict[str, Any]) -> None:
+    """Record (more) evaluation numbers in an exported model's ``training.json``."""
+    path = Path(export_dir) / "training.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record["evaluation"] = {**record.get("evaluation", {}), **evaluation}
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -1,0 +1,88 @@
+"""Train the embedded tiny text-to-image U-Net (MicroCinema stage one) on procedural key frames.
+
+Standard latent diffusion (SD's schedule, epsilon prediction, DESIGN.md section 3): key frames and
+captions are encoded once (:mod:`microcinema.data.latent_cache`), then the U-Net learns
+``|| eps - unet(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t, text) ||^2`` with 10 % of the captions replaced
+by the empty prompt, for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from ..data.latent_cache import LatentCache, encode_dataset
+from ..data.synthetic_dataset import SyntheticKeyFrameDataset
+from ..diffusion import add_noise, make_training_scheduler, random_timesteps
+from ..text_encoders import load_text_encoder
+from ..trainer import Trainer, condition_dropout_mask
+from .common import embedded_path, export_fp16, provenance, train_config
+
+
+def load_vae(name_or_path: str) -> AutoencoderKL:
+    path = embedded_path("vae") if name_or_path == "embedded" else Path(name_or_path)
+    return AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32).eval().requires_grad_(False)
+
+
+def text_conditioning(batch: dict, cache: LatentCache, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text states and mask of a cached batch, with the rows in ``drop`` replaced by the empty prompt."""
+    states, mask = batch["text_states"].float(), batch["text_mask"]
+    uncond_states = cache.uncond_states.to(states.device).float().expand_as(states)
+    uncond_mask = cache.uncond_mask.to(mask.device).expand_as(mask)
+    keep = ~drop.to(states.device)
+    return (torch.where(keep[:, None, None], states, uncond_states),
+            torch.where(keep[:, None], mask, uncond_mask))
+
+
+def sample_latents(batch: dict, scaling_factor: float, generator: torch.Generator) -> torch.Tensor:
+    """A fresh draw from the cached VAE posterior, scaled to unit variance."""
+    mean, std = batch["latent_mean"], batch["latent_std"]
+    noise = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device)
+    return (mean + std * noise) * scaling_factor
+
+
+def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: float):
+    scheduler = make_training_scheduler()
+
+    def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        z0 = sample_latents(batch, scaling_factor, generator)
+        noise = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0.device)
+        t = random_timesteps(len(z0), generator=generator).to(z0.device)
+        drop = condition_dropout_mask(len(z0), condition_dropout, generator)
+        states, mask = text_conditioning(batch, cache, drop)
+        eps = model(add_noise(z0, noise, t, scheduler), t, encoder_hidden_states=states,
+                    encoder_attention_mask=mask).sample
+        return torch.nn.functional.mse_loss(eps, noise)
+
+    return loss_fn
+
+
+def build_cache(config: dict[str, Any], output_dir: str | Path, vae: AutoencoderKL) -> LatentCache:
+    data = config["data"]
+    dataset = SyntheticKeyFrameDataset(data["num"], seed=data["seed"], size=data["size"])
+    text_encoder = load_text_encoder(config.get("text_encoder", "minilm"), cache_size=0)
+    fingerprint = {"data": data, "vae": config.get("vae"), "vae_config": dict(vae.config),
+                   "text_encoder": config.get("text_encoder", "minilm"), "kind": "keyframes"}
+    return LatentCache.build_or_load(Path(output_dir) / "latents.safetensors",
+                                     lambda: encode_dataset(dataset, vae, text_encoder), fingerprint)
+
+
+def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
+          **overrides: Any) -> dict[str, Any]:
+    started = time.time()
+    vae = load_vae(config.get("vae", "embedded"))
+    cache = build_cache(config, output_dir, vae)
+    unet = UNet2DConditionModel(**config["model"])
+    loss_fn = make_loss(cache, vae.config.scaling_factor, config["loss"]["condition_dropout"])
+    result = Trainer(unet, cache, loss_fn, train_config(config, output_dir, **overrides)).train()
+    report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
+              "final_loss": result.last_loss, "params": sum(p.numel() for p in unet.parameters())}
+    if export:
+        unet = UNet2DConditionModel.from_pretrained(result.final_dir)
+        export_fp16(unet, export, provenance(config, evaluation=report))
+    return report
