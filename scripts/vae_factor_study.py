@@ -21,10 +21,11 @@ from microcinema.data.synthetic_dataset import SyntheticKeyFrameDataset
 
 
 def build(factor: int, width: int) -> AutoencoderKL:
+    """Same widths, one more down/up level for factor 8: (w, 2w, 4w) vs (w, 2w, 4w, 4w)."""
     blocks = 3 if factor == 4 else 4
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
-        block_out_channels=tuple([width] + [2 * width] * (blocks - 1)),
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(width, 2 * width, 4 * width, 4 * width)[:blocks], mid_block_add_attention=False,
         down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
         sample_size=64,
     )
@@ -42,7 +43,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget per factor")
-    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -52,6 +53,7 @@ def main() -> None:
     for factor in (4, 8):
         vae = build(factor, args.width)
         opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+        torch.manual_seed(0)
         start, step = time.time(), 0
         while time.time() - start < args.minutes * 60:
             x = batch(train, step * args.batch_size, args.batch_size)

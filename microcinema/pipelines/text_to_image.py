@@ -1,0 +1,145 @@
+"""The project's own text-to-image latent diffusion pipeline (MicroCinema stage one, section 3.1).
+
+A ``UNet2DConditionModel`` on a VAE's latents, conditioned on a frozen text encoder, sampled by the
+shared loop (:func:`microcinema.samplers.sample`) with classifier-free guidance. The embedded tiny model
+ships in the package (``TextToImagePipeline.embedded()``); any folder written by ``save_pretrained`` loads.
+
+Folder layout: ``unet/`` and ``vae/`` (diffusers folders) and ``pipeline.json``
+(``{"text_encoder": "minilm" | SD folder, "sampler": ..., "guidance_scale": ...}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
+
+from ..errors import MicroCinemaError, check
+from ..guidance import cfg_eps_model
+from ..samplers import SAMPLERS, sample
+from ..tasks.common import embedded_path
+from ..text_encoders import TextEncoder, load_text_encoder
+
+PIPELINE_FILE = "pipeline.json"
+
+
+@dataclass
+class ImagePipelineOutput:
+    """``images``: a list of PIL images, a uint8 array (B, H, W, 3), a tensor (B, 3, H, W) in [-1, 1] or latents."""
+
+    images: Any
+
+
+def check_prompts(prompt: str | list[str]) -> list[str]:
+    """A prompt or a list of prompts, each non-empty."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    check(len(prompts) > 0, "no prompt given: pass a non-empty text such as 'a red circle moving left'")
+    for p in prompts:
+        check(isinstance(p, str) and p.strip() != "",
+              "empty prompt: describe what to generate, e.g. 'a red circle moving left'")
+    return prompts
+
+
+def check_steps(num_inference_steps: int) -> int:
+    check(isinstance(num_inference_steps, (int, np.integer)) and num_inference_steps >= 1,
+          f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+    return int(num_inference_steps)
+
+
+def to_output(pixels: torch.Tensor, output_type: str) -> Any:
+    """Convert (B, 3, H, W) in [-1, 1] to the requested ``output_type``: pil, np (uint8), pt."""
+    pixels = pixels.clamp(-1, 1)
+    if output_type == "pt":
+        return pixels
+    array = ((pixels.permute(0, 2, 3, 1).float().cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+    if output_type == "np":
+        return array
+    if output_type == "pil":
+        return [Image.fromarray(a) for a in array]
+    raise MicroCinemaError(f"unknown output_type {output_type!r}: allowed are pil, np, pt, latent")
+
+
+class TextToImagePipeline:
+    """Text -> key frame with a latent diffusion model of this project (diffusers-style call)."""
+
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: TextEncoder, *,
+                 text_encoder_name: str = "minilm", sampler: str = "ddim", guidance_scale: float = 5.0) -> None:
+        self.unet, self.vae, self.text_encoder = unet.eval(), vae.eval(), text_encoder
+        self.text_encoder_name, self.sampler, self.guidance_scale = text_encoder_name, sampler, guidance_scale
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32) -> "TextToImagePipeline":
+        path = Path(path)
+        if not (path / PIPELINE_FILE).is_file() or not (path / "unet" / "config.json").is_file():
+            raise MicroCinemaError(f"{path} is not a MicroCinema text-to-image folder (expected {PIPELINE_FILE} and "
+                                   "unet/); for a diffusers pipeline folder or hub id use load_key_frame_model")
+        settings = json.loads((path / PIPELINE_FILE).read_text())
+        vae_path = path / "vae" if (path / "vae" / "config.json").is_file() else embedded_path("vae")
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        vae = AutoencoderKL.from_pretrained(vae_path, torch_dtype=torch_dtype)
+        name = settings.get("text_encoder", "minilm")
+        return cls(unet, vae, load_text_encoder(name), text_encoder_name=name,
+                   sampler=settings.get("sampler", "ddim"), guidance_scale=settings.get("guidance_scale", 5.0))
+
+    @classmethod
+    def embedded(cls) -> "TextToImagePipeline":
+        """The tiny model shipped with the package (64x64, procedural domain)."""
+        return cls.from_pretrained(embedded_path("t2i"))
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(path / "unet")
+        self.vae.save_pretrained(path / "vae")
+        settings = {"text_encoder": self.text_encoder_name, "sampler": self.sampler, "guidance_scale": self.guidance_scale}
+        (path / PIPELINE_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        return path
+
+    # ------------------------------------------------------------------ generation
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        return (self.unet.config.in_channels, size, size)
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> tuple[dict, dict]:
+        text, empty = self.text_encoder.encode(prompts), self.text_encoder.encode([""] * len(prompts))
+        as_cond = lambda e: {"encoder_hidden_states": e.hidden_states.to(self.unet.dtype),  # noqa: E731
+                             "encoder_attention_mask": e.attention_mask}
+        return as_cond(text), as_cond(empty)
+
+    def _eps_with_cond(self, z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        return self.unet(z.to(self.unet.dtype), t, **cond).sample.float()
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], *, num_inference_steps: int = 25, guidance_scale: float | None = None,
+                 generator: torch.Generator | None = None, sampler: str | None = None, num_images_per_prompt: int = 1,
+                 output_type: str = "pil", progress: bool = False) -> ImagePipelineOutput:
+        """Generate key frames for ``prompt`` (a string or a list), as diffusers pipelines do."""
+        prompts = [p for p in check_prompts(prompt) for _ in range(num_images_per_prompt)]
+        steps = check_steps(num_inference_steps)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        check(scale >= 0, f"guidance_scale must be >= 0 (1 = no guidance), got {scale}")
+        sampler = sampler or self.sampler
+        check(sampler in SAMPLERS, f"unknown sampler {sampler!r}: allowed are {', '.join(SAMPLERS)}")
+        cond, uncond = self.encode_prompt(prompts)
+        noise = torch.randn((len(prompts), *self.latent_shape), generator=generator,
+                            device=generator.device if generator is not None else "cpu")
+        latents = sample(cfg_eps_model(self._eps_with_cond, cond, uncond, scale), noise, sampler=sampler,
+                         num_inference_steps=steps, generator=generator, progress=progress)
+        if output_type == "latent":
+            return ImagePipelineOutput(latents)
+        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return ImagePipelineOutput(to_output(pixels, output_type))
