@@ -167,8 +167,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     output_dir = args.output_dir or Path("runs") / args.task
-    report = run_task(args.task, config, str(output_dir), export=args.export, max_steps=args.max_steps,
-                      batch_size=args.batch_size)
+    report = run_task(args.task, config, str(output_dir), export=args.export, command=args.command_line,
+                      max_steps=args.max_steps, batch_size=args.batch_size)
     if args.plot:
         plot_loss(Path(output_dir) / "loss.jsonl", Path(output_dir) / "loss.png")
     print(json.dumps(report, indent=2, default=str))
@@ -246,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.formatwarning = _one_line_warning
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = " ".join(["microcinema", *argv])
     try:
         args.func(args)
     except MicroCinemaError as error:

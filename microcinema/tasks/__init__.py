@@ -14,6 +14,10 @@ TASKS: dict[str, tuple[str, str]] = {
 }
 
 
-def run_task(name: str, config: dict, output_dir: str, export: str | None = None, **overrides) -> dict:
+def run_task(name: str, config: dict, output_dir: str, export: str | None = None, command: str | None = None,
+             **overrides) -> dict:
+    """Train task ``name``; ``command`` (the CLI line) is recorded in the export's ``training.json``."""
     module = importlib.import_module(TASKS[name][0])
+    if command:
+        config = {**config, "_command": command}
     return module.train(config, output_dir, export=export, **overrides)

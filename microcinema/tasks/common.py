@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from ..errors import MicroCinemaError
 from ..trainer import TrainConfig
@@ -41,6 +42,14 @@ def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def require_sections(config: dict[str, Any], *names: str) -> None:
+    """A clear error when a config lacks sections a task needs."""
+    missing = [n for n in names if not isinstance(config.get(n), dict)]
+    if missing:
+        raise MicroCinemaError(f"config {config.get('_path')} lacks section(s) {', '.join(missing)}; "
+                               "see the shipped configs in microcinema/configs/ for the layout")
+
+
 def train_config(config: dict[str, Any], output_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The ``train:`` section as a :class:`TrainConfig` (unknown keys are an error), with CLI overrides."""
     section = {**config["train"], **{k: v for k, v in overrides.items() if v is not None}}
@@ -67,16 +76,11 @@ def export_fp16(model: Any, export_dir: str | os.PathLike, provenance: dict[str,
     export_dir = Path(export_dir)
     tmp = export_dir.with_name(f".{export_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    from diffusers.utils import logging as diffusers_logging
-
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # the cast warns about keep-in-fp32 modules these models lack
-    half = model.to(torch.float16)
-    diffusers_logging.set_verbosity(verbosity)
-    try:
-        half.save_pretrained(str(tmp), safe_serialization=True)
-    finally:
-        model.to(torch.float32)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for weights in tmp.glob("*.safetensors"):  # cast the files, not the model (which stays usable in fp32)
+        tensors = load_file(str(weights))
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(weights),
+                  metadata={"format": "pt"})
     (tmp / "training.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     if export_dir.exists():
         shutil.rmtree(export_dir)
@@ -91,7 +95,8 @@ def provenance(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
                                 timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"command": " ".join(["microcinema", *sys.argv[1:]]), "config": {k: v for k, v in config.items()
+    command = config.get("_command") or " ".join(["python", *sys.argv])
+    return {"command": command, "config": {k: v for k, v in config.items()
             if not k.startswith("_")}, "config_file": config.get("_path"), "git_commit": commit,
             "torch": torch.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
 

@@ -21,7 +21,7 @@ from ..data.synthetic_dataset import SyntheticKeyFrameDataset
 from ..diffusion import add_noise, make_training_scheduler, random_timesteps
 from ..text_encoders import load_text_encoder
 from ..trainer import Trainer, condition_dropout_mask
-from .common import embedded_path, export_fp16, provenance, train_config
+from .common import require_sections, embedded_path, export_fp16, provenance, train_config
 
 
 def load_vae(name_or_path: str) -> AutoencoderKL:
@@ -74,12 +74,14 @@ def build_cache(config: dict[str, Any], output_dir: str | Path, vae: Autoencoder
 
 def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
           **overrides: Any) -> dict[str, Any]:
+    require_sections(config, "model", "data", "loss")
+    train_settings = train_config(config, output_dir, **overrides)  # validated before any work
     started = time.time()
     vae = load_vae(config.get("vae", "embedded"))
     cache = build_cache(config, output_dir, vae)
     unet = UNet2DConditionModel(**config["model"])
     loss_fn = make_loss(cache, vae.config.scaling_factor, config["loss"]["condition_dropout"])
-    result = Trainer(unet, cache, loss_fn, train_config(config, output_dir, **overrides)).train()
+    result = Trainer(unet, cache, loss_fn, train_settings).train()
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
               "final_loss": result.last_loss, "params": sum(p.numel() for p in unet.parameters())}
     if export:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..data.synthetic_dataset import SyntheticKeyFrameDataset
 from ..trainer import Trainer
-from .common import export_fp16, provenance, train_config, write_evaluation
+from .common import require_sections, export_fp16, provenance, train_config, write_evaluation
 
 
 class VAEWithLoss(nn.Module):
@@ -75,12 +75,14 @@ def latent_scaling_factor(vae: AutoencoderKL, num: int = 1024, seed: int = 7) ->
 def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
           **overrides: Any) -> dict[str, Any]:
     """Train, set the scaling factor, evaluate; export fp16 weights when ``export`` is given."""
+    require_sections(config, "model", "data", "loss")
+    train_settings = train_config(config, output_dir, **overrides)  # validated before any work
     started = time.time()
     vae = AutoencoderKL(**config["model"])
     data = config["data"]
     dataset = SyntheticKeyFrameDataset(data["num"], seed=data["seed"], size=data["size"])
     trainer = Trainer(VAEWithLoss(vae), dataset, _loss(config["loss"]["kl_weight"]),
-                      train_config(config, output_dir, **overrides), collate_fn=_pixels_only)
+                      train_settings, collate_fn=_pixels_only)
     result = trainer.train()
     vae = AutoencoderKL.from_pretrained(result.final_dir).eval()
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae))

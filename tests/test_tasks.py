@@ -1,0 +1,89 @@
+"""The training commands of the embedded family, end to end on tiny configs: train, export fp16, load, generate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from microcinema.cli import main
+from microcinema.errors import MicroCinemaError
+from microcinema.pipelines.text_to_image import TextToImagePipeline
+from microcinema.tasks.common import load_config
+
+TINY_TRAIN = {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3, "checkpoint_every": 2, "log_every": 1,
+              "ema_decay": 0.9, "progress_bar": False}
+
+
+def write_config(path, name, **changes):
+    config = load_config(name)
+    config.pop("_path")
+    for section, values in changes.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae")
+    config = write_config(root / "vae.yaml", "vae",
+                          model={"block_out_channels": [8, 16, 16], "norm_num_groups": 4},
+                          data={"num": 64}, eval={"num": 8}, train=TINY_TRAIN)
+    assert main(["train", "vae", "--config", str(config), "--output-dir", str(root / "run"),
+                 "--export", str(root / "export"), "--plot"]) == 0
+    return root
+
+
+def test_vae_task_exports_fp16_with_provenance(trained_vae):
+    export = trained_vae / "export"
+    from safetensors.torch import load_file
+
+    weights = load_file(str(export / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    vae = AutoencoderKL.from_pretrained(export)
+    assert vae.config.scaling_factor != 0.18215  # measured from the latents, not SD's
+    record = json.loads((export / "training.json").read_text())
+    assert record["command"].startswith("microcinema train vae --config")
+    assert record["config"]["train"]["max_steps"] == 3
+    assert {"heldout_psnr_db_fp32", "heldout_psnr_db_fp16_export", "train_minutes"} <= set(record["evaluation"])
+    assert (trained_vae / "run" / "loss.png").exists()
+    lines = (trained_vae / "run" / "loss.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def test_t2i_task_trains_on_cached_latents_and_loads_as_pipeline(trained_vae, tmp_path, minilm_encoder):
+    config = write_config(tmp_path / "t2i.yaml", "t2i", vae=str(trained_vae / "export"),
+                          model={"block_out_channels": [8, 16, 16], "attention_head_dim": [2, 2, 2],
+                                 "norm_num_groups": 4},
+                          data={"num": 16}, train=TINY_TRAIN)
+    assert main(["train", "t2i", "--config", str(config), "--output-dir", str(tmp_path / "run"),
+                 "--export", str(tmp_path / "unet")]) == 0
+    assert (tmp_path / "run" / "latents.safetensors").exists()
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    pipeline = TextToImagePipeline(unet.float(), AutoencoderKL.from_pretrained(trained_vae / "export").float(),
+                                   minilm_encoder)
+    images = pipeline("a red circle", num_inference_steps=2, output_type="pt").images
+    assert images.shape == (1, 3, 64, 64)
+    # a second run reuses the latent cache (same fingerprint) and resumes: nothing to do, same result
+    assert main(["train", "t2i", "--config", str(config), "--output-dir", str(tmp_path / "run")]) == 0
+
+
+def test_bad_configs_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(MicroCinemaError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(MicroCinemaError, match="shipped config"):
+        load_config("no-such-config")
+    (tmp_path / "bad.yaml").write_text("model: {}\n")
+    with pytest.raises(MicroCinemaError, match="'model' and 'train' sections"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "partial.yaml").write_text("model: {}\ntrain: {max_steps: 3}\n")
+    assert main(["train", "vae", "--config", str(tmp_path / "partial.yaml"), "--output-dir", str(tmp_path / "r")]) == 2
+    assert "lacks section(s) data, loss" in capsys.readouterr().err
+    typo = write_config(tmp_path / "typo.yaml", "vae", train={"max_step": 3})
+    assert main(["train", "vae", "--config", str(typo), "--output-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "bad 'train' section" in err and "max_step" in err and err.count("\n") == 1
