@@ -1,0 +1,332 @@
+"""VideoUNet (paper section 3.1) and AppearNet injections (section 3.2, Table 2) on tiny random U-Nets.
+
+The central property: freshly inflated, every injection mode is exactly the 2D model frame by frame, and
+every zero-initialised branch can still learn.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from einops import rearrange
+
+from microcinema.errors import MicroCinemaError
+from microcinema.testing import tiny_unet2d
+from microcinema.unet3d import INJECTION_MODES, SpadeModulation, VideoUNet, group_norm_3d
+
+TOL = 1e-5
+B, C, FRAMES, H, W, L, D = 2, 4, 3, 8, 8, 5, 32
+
+
+@pytest.fixture(scope="module")
+def unet_dir(tmp_path_factory):
+    """A tiny SD-2.1-layout U-Net saved as a diffusers pipeline folder (``unet/`` subfolder)."""
+    root = tmp_path_factory.mktemp("pipe")
+    tiny_unet2d(seed=1).save_pretrained(root / "unet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ref2d(unet_dir) -> UNet2DConditionModel:
+    return UNet2DConditionModel.from_pretrained(unet_dir, subfolder="unet").eval()
+
+
+@pytest.fixture(scope="module")
+def models(unet_dir) -> dict[str, VideoUNet]:
+    """One freshly inflated model per injection mode (tests that change weights work on copies)."""
+    return {mode: VideoUNet.from_pretrained_2d(unet_dir, injection=mode).eval() for mode in INJECTION_MODES}
+
+
+def inputs(frames: int = FRAMES, seed: int = 0, h: int = H, w: int = W) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        sample=torch.randn(B, C, frames, h, w, generator=g),
+        timestep=torch.tensor([10, 700]),
+        encoder_hidden_states=torch.randn(B, L, D, generator=g),
+        condition=torch.randn(B, C, frames, h, w, generator=g),
+    )
+
+
+MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+
+
+def per_frame_2d(unet: UNet2DConditionModel, x: dict, mask=None) -> torch.Tensor:
+    frames = [
+        unet(x["sample"][:, :, f], x["timestep"], x["encoder_hidden_states"], encoder_attention_mask=mask).sample
+        for f in range(x["sample"].shape[2])
+    ]
+    return torch.stack(frames, dim=2)
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def zero_init_params(model: VideoUNet) -> dict[str, torch.nn.Parameter]:
+    """The last layers of every zero-initialised branch."""
+    suffixes = ("conv2.weight", "attn.to_out.0.weight", "add.weight", "to_gamma.weight", "to_beta.weight")
+    named = {n: p for n, p in model.named_parameters()
+             if n.endswith(suffixes) and not n.startswith(("unet.", "appearnet."))}
+    if model.condition_conv_in is not None:
+        named["condition_conv_in.weight"] = model.condition_conv_in.weight
+    return named
+
+
+# ------------------------------------------------------------------------------------------------ identity
+
+
+@pytest.mark.parametrize("mode", INJECTION_MODES)
+@torch.no_grad()
+def test_fresh_model_is_the_2d_model_frame_by_frame(models, ref2d, mode):
+    model = models[mode]
+    for frames in (FRAMES, 1):
+        x = inputs(frames)
+        for mask in (None, MASK):
+            out = model(**x, encoder_attention_mask=mask).sample
+            assert out.shape == x["sample"].shape
+            diff = (out - per_frame_2d(ref2d, x, mask)).abs().max().item()
+            assert diff <= TOL, (mode, frames, mask is not None, diff)
+    # a single key frame as the condition (broadcast over frames), no condition at all, odd latent sizes
+    x = inputs(h=7, w=9)
+    expected = per_frame_2d(ref2d, x)
+    for condition in (x["condition"][:, :, :1], None):
+        out = model(**{**x, "condition": condition}).sample
+        assert (out - expected).abs().max().item() <= TOL
+
+
+def test_sd15_layout_and_unet_instance_are_identity_too():
+    unet = tiny_unet2d(seed=2, sd21_layout=False)
+    model = VideoUNet.from_pretrained_2d(unet, injection="add_encdec_spade").eval()
+    assert model.unet is unet
+    x = inputs()
+    with torch.no_grad():
+        assert (model(**x).sample - per_frame_2d(unet, x)).abs().max().item() <= TOL
+
+
+def test_class_embedding_timestep_is_supported():
+    """ART-V's noise-augmentation level goes through ``class_embed_type="timestep"``."""
+    unet = tiny_unet2d(seed=3, class_embed_type="timestep")
+    model = VideoUNet.from_pretrained_2d(unet, injection="add_dec").eval()
+    x, level = inputs(), torch.tensor([0, 200])
+    with torch.no_grad():
+        out = model(**x, class_labels=level).sample
+        ref = torch.stack([unet(x["sample"][:, :, f], x["timestep"], x["encoder_hidden_states"],
+                                class_labels=level).sample for f in range(FRAMES)], dim=2)
+        other = model(**x, class_labels=torch.tensor([500, 900])).sample
+    assert (out - ref).abs().max().item() <= TOL
+    assert (out - other).abs().max().item() > 1e-4
+    with pytest.raises(MicroCinemaError, match="class_labels"):
+        model(**x)
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+
+def test_2d_weights_keep_names_and_values(models, ref2d):
+    ref = ref2d.state_dict()
+    for mode, model in models.items():
+        inner = {k[len("unet."):]: v for k, v in model.state_dict().items() if k.startswith("unet.")}
+        assert inner.keys() == ref.keys(), mode
+        assert all(torch.equal(inner[k], ref[k]) for k in ref), mode
+        new = set(model.new_parameter_names())
+        assert new and all(not n.startswith("unet.") for n in new)
+    # AppearNet is a copy of conv_in, time embedding, down blocks and mid block
+    appear = models["add_encdec_spade"].appearnet.state_dict()
+    for key, value in appear.items():
+        assert torch.equal(value, ref[key]), key
+    assert {k.split(".")[0] for k in appear} == {"conv_in", "time_embedding", "down_blocks", "mid_block"}
+    assert models["concat"].appearnet is None
+
+
+def test_injection_points_per_mode(models):
+    # tiny layout: 4 skips (conv_in, down0 resnet, down0 downsampler, down1 resnet) + mid; 2 encoder ResNets
+    counts = {mode: model.num_injection_points for mode, model in models.items()}
+    assert counts == {"concat": 1, "add_dec": 5, "add_encdec": 7, "add_encdec_spade": 7}
+    assert models["concat"].injection_points == ["conv_in"]
+    assert "enc_down_blocks_0_resnets_0" in models["add_encdec"].injection_points
+    assert "enc_down_blocks_0_resnets_0" not in models["add_dec"].injection_points
+
+
+# ------------------------------------------------------------------------------------------------ learning
+
+
+@pytest.mark.parametrize("mode", ["concat", "add_encdec_spade"])
+def test_zero_initialised_branches_get_gradients(models, mode):
+    model = copy.deepcopy(models[mode])
+    x = inputs()
+    target = torch.randn_like(x["sample"])
+    F.mse_loss(model(**x).sample, target).backward()
+    zero = zero_init_params(model)
+    n_temporal = len(model.temporal_convs) + len(model.temporal_attentions)
+    assert len(zero) == n_temporal + (1 if mode == "concat" else 3 * len(model.injections))
+    for name, p in zero.items():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(models):
+    plain, ckpt = copy.deepcopy(models["add_encdec_spade"]), copy.deepcopy(models["add_encdec_spade"])
+    perturb(plain, 0.05), perturb(ckpt, 0.05)
+    calls = []
+
+    def checkpoint(module, *args):
+        calls.append(type(module).__name__)
+        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
+
+    ckpt.enable_gradient_checkpointing(checkpoint)
+    x = inputs()
+    for m in (plain, ckpt):
+        m.train()
+        m(**x).sample.square().mean().backward()
+    assert {"ResnetBlock2D", "TemporalConv", "TemporalAttention", "BasicTransformerBlock"} <= set(calls)
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+@torch.no_grad()
+def test_frames_mix_only_once_temporal_layers_learn(models):
+    x = inputs()
+    changed = {**x, "sample": x["sample"].clone()}
+    changed["sample"][:, :, 0] += 1.0
+
+    def others_moved(model) -> float:
+        return (model(**changed).sample - model(**x).sample)[:, :, 1:].abs().max().item()
+
+    fresh = models["add_encdec_spade"]
+    assert others_moved(fresh) <= 1e-6
+    for kind in ("temporal_convs", "temporal_attentions"):
+        model = copy.deepcopy(fresh)
+        perturb(getattr(model, kind))
+        assert others_moved(model) > 1e-3, kind
+
+
+def test_group_norm_3d_statistics_span_frames():
+    g = torch.Generator().manual_seed(0)
+    # frames with very different scales and offsets: per-frame statistics would hide that
+    x = torch.randn(2, 8, 3, 4, 4, generator=g) * torch.tensor([1.0, 5.0, 0.2]).view(1, 1, 3, 1, 1)
+    x = x + torch.tensor([0.0, 3.0, -2.0]).view(1, 1, 3, 1, 1)
+    normed = group_norm_3d(x, num_groups=2)
+    assert torch.allclose(normed, F.group_norm(x, 2, eps=1e-6), atol=1e-5)  # torch: over C/G x F x H x W
+    per_frame = rearrange(F.group_norm(rearrange(x, "b c f h w -> (b f) c h w"), 2, eps=1e-6),
+                          "(b f) c h w -> b c f h w", f=3)
+    assert (normed - per_frame).abs().max() > 0.5
+
+    # SPADE uses these statistics: o = mu + sigma * ((gamma + 1) * h_bar + beta) = h + gamma (h - mu) + sigma beta
+    spade = SpadeModulation(8, 8, num_groups=2)
+    perturb(spade, 0.3)
+    h, feat = rearrange(x, "b c f h w -> (b f) c h w"), torch.randn(6, 8, 4, 4, generator=g)
+    with torch.no_grad():
+        out = spade(h, feat, num_frames=3)
+        gamma, beta = spade.to_gamma(feat), spade.to_beta(feat)
+
+        def stats(groups_over: str, **axes):
+            flat = rearrange(h, groups_over, g=2, **axes)
+            mu, var = flat.mean(-1), flat.var(-1, unbiased=False)
+            return mu, (var + 1e-6).sqrt()
+
+        mu, sigma = stats("(b f) (g c) h w -> b g (c f h w)", f=3)  # 3D: over C/G x F x H x W
+        mu, sigma = (rearrange(s.repeat_interleave(4, 1), "b c -> b c 1 1").repeat_interleave(3, 0) for s in (mu, sigma))
+        assert torch.allclose(out, mu + sigma * ((gamma + 1) * (h - mu) / sigma + beta), atol=1e-4)
+        mu_f, sigma_f = stats("n (g c) h w -> n g (c h w)")  # per frame: must not match
+        mu_f, sigma_f = (rearrange(s.repeat_interleave(4, 1), "n c -> n c 1 1") for s in (mu_f, sigma_f))
+        assert (out - (mu_f + sigma_f * ((gamma + 1) * (h - mu_f) / sigma_f + beta))).abs().max() > 1e-2
+
+
+@torch.no_grad()
+def test_condition_enters_through_appearnet_or_conv_in(models, ref2d):
+    x = inputs()
+    other = {**x, "condition": torch.randn_like(x["condition"])}
+    # fresh: the condition has no effect
+    for mode, model in models.items():
+        assert torch.equal(model(**x).sample, model(**other).sample), mode
+    # SPADE alone (the additive convs stay at zero) makes the output depend on the condition
+    spade = copy.deepcopy(models["add_encdec_spade"])
+    for inj in spade.injections.values():
+        perturb(inj.spade, 0.1)
+        assert inj.add.weight.abs().max() == 0
+    assert (spade(**x).sample - spade(**other).sample).abs().max() > 1e-4
+    # a key frame given once, .expand()-ed (AppearNet runs once) or materialised: the same output
+    key = x["condition"][:, :, 1:2]
+    outs = [spade(**{**x, "condition": c}).sample for c in (key, key.expand(-1, -1, FRAMES, -1, -1),
+                                                              key.repeat(1, 1, FRAMES, 1, 1))]
+    assert (outs[0] - outs[1]).abs().max() <= 1e-6 and (outs[0] - outs[2]).abs().max() <= 1e-5
+    # additive decoder injection alone, too
+    add_dec = copy.deepcopy(models["add_dec"])
+    perturb(add_dec.injections, 0.1)
+    assert (add_dec(**x).sample - add_dec(**other).sample).abs().max() > 1e-4
+
+    # concat: exactly a 2D model whose conv_in takes [noisy latent, condition] on channels
+    concat = copy.deepcopy(models["concat"])
+    perturb(concat.condition_conv_in, 0.1)
+    wide = UNet2DConditionModel.from_config({**ref2d.config, "in_channels": 2 * C})
+    state = ref2d.state_dict()
+    state["conv_in.weight"] = torch.cat([state["conv_in.weight"], concat.condition_conv_in.weight], dim=1)
+    wide.load_state_dict(state)
+    out = concat(**x).sample
+    ref = torch.stack([wide(torch.cat([x["sample"][:, :, f], x["condition"][:, :, f]], 1), x["timestep"],
+                            x["encoder_hidden_states"]).sample for f in range(FRAMES)], dim=2)
+    assert (out - ref).abs().max().item() <= TOL
+    assert (out - concat(**other).sample).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ save/load, optimiser
+
+
+@pytest.mark.parametrize("mode", ["concat", "add_encdec_spade"])
+def test_save_load_round_trip(models, tmp_path, mode):
+    model = copy.deepcopy(models[mode])
+    perturb(model, 0.05)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = VideoUNet.from_pretrained(tmp_path).eval()
+    assert loaded.config.injection == mode
+    x = inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**x, encoder_attention_mask=MASK).sample,
+                           loaded(**x, encoder_attention_mask=MASK).sample)
+
+
+def test_parameter_groups_cover_every_trainable_parameter_once(models):
+    model = copy.deepcopy(models["add_encdec_spade"])
+    model.unet.conv_out.bias.requires_grad_(False)
+    groups = model.parameter_groups(2e-5, spatial_lr_scale=0.1)
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert len(ids) == len(set(ids)) and set(ids) == trainable
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert lr[id(p)] == pytest.approx(2e-6 if name.startswith("unet.") else 2e-5), name
+    temporal = set(model.temporal_parameter_names())
+    assert temporal and temporal < set(model.new_parameter_names())
+    assert all(n.startswith(("temporal_convs.", "temporal_attentions.")) for n in temporal)
+    torch.optim.AdamW(groups)  # valid AdamW groups
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_bad_inputs_raise_one_line_errors(models, unet_dir):
+    model, x = models["add_encdec_spade"], inputs()
+    with pytest.raises(MicroCinemaError, match=r"\(B, C, F, H, W\)"):
+        model(**{**x, "sample": x["sample"][:, :, 0]})
+    with pytest.raises(MicroCinemaError, match="condition must be"):
+        model(**{**x, "condition": x["condition"][..., :4]})
+    with pytest.raises(MicroCinemaError, match="condition must be"):
+        model(**{**x, "condition": x["condition"][:, :, :2]})
+    with pytest.raises(MicroCinemaError, match="encoder_attention_mask"):
+        model(**x, encoder_attention_mask=MASK[:, :3])
+    with pytest.raises(MicroCinemaError, match="timestep"):
+        model(**{**x, "timestep": torch.tensor([1, 2, 3])})
+    with pytest.raises(MicroCinemaError, match="allowed: concat, add_dec, add_encdec, add_encdec_spade"):
+        VideoUNet.from_pretrained_2d(unet_dir, injection="spade")
+    with pytest.raises(MicroCinemaError, match="allowed: condition_channels, injection"):
+        VideoUNet.from_pretrained_2d(unet_dir, injections="add_dec")
+    with pytest.raises(MicroCinemaError, match="cannot load a 2D U-Net"):
+        VideoUNet.from_pretrained_2d(unet_dir / "nowhere")
