@@ -11,6 +11,8 @@ import importlib
 TASKS: dict[str, tuple[str, str]] = {
     "vae": ("microcinema.tasks.vae", "the tiny VAE (AutoencoderKL) on procedural frames"),
     "t2i": ("microcinema.tasks.t2i", "the tiny text-to-image U-Net (stage one) on procedural key frames"),
+    "video": ("microcinema.tasks.video", "the image&text-to-video base model (stage two, AppearNet + noise prior)"),
+    "interp": ("microcinema.tasks.video", "the x4 temporal interpolation model (stage two)"),
 }
 
 
@@ -20,4 +22,5 @@ def run_task(name: str, config: dict, output_dir: str, export: str | None = None
     module = importlib.import_module(TASKS[name][0])
     if command:
         config = {**config, "_command": command}
-    return module.train(config, output_dir, export=export, **overrides)
+    extra = {"kind": name} if name in ("video", "interp") else {}
+    return module.train(config, output_dir, export=export, **extra, **overrides)

@@ -1,0 +1,110 @@
+"""Train MicroCinema's stage two: the image&text-to-video base model and the temporal interpolation model.
+
+Both are a :class:`~microcinema.unet3d.VideoUNet` inflated from the tiny text-to-image U-Net (its
+temporal layers and AppearNet injections start as the identity, so training starts from stage one).
+
+* ``video`` (base model, paper section 3.1): 9-frame clips at 2 fps; the condition is the centre frame's
+  latent repeated over the frames (AppearNet's input); the training noise is the Appearance Noise Prior
+  ``lambda * z_c + n`` (section 3.3, eq. 3); 10 % of the captions are dropped for classifier-free guidance.
+  The key frame alone does not tell the motion: it must come from the text.
+* ``interp`` (temporal interpolation, x4 frame rate): 5-frame clips at 8 fps; the condition is the
+  latents linearly interpolated between the first and the last frame; no text (the empty prompt), as the
+  interpolation model is run without text guidance.
+
+Spatial (inherited 2D) weights learn 10x slower than the new temporal/AppearNet modules (section 4.1).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.latent_cache import LatentCache, encode_dataset
+from ..data.synthetic_dataset import SyntheticVideoDataset
+from ..diffusion import add_noise, make_training_scheduler, random_timesteps
+from ..noise_priors import appearance_noise
+from ..text_encoders import load_text_encoder
+from ..trainer import Trainer, condition_dropout_mask
+from .common import embedded_path, export_fp16, provenance, require_sections, train_config
+from .t2i import load_vae, sample_latents, text_conditioning
+
+
+def key_frame_condition(z0: torch.Tensor, key_index: int | None = None) -> torch.Tensor:
+    """The base model's condition: the key frame's latent (default the centre frame) repeated over frames."""
+    frames = z0.shape[2]
+    key = z0[:, :, frames // 2 if key_index is None else key_index]
+    return key.unsqueeze(2).expand(-1, -1, frames, -1, -1)
+
+
+def interpolation_condition(first: torch.Tensor, last: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """The interpolation model's condition: latents linearly interpolated from ``first`` to ``last`` (section 3.1)."""
+    w = torch.linspace(0, 1, num_frames, device=first.device, dtype=first.dtype).view(1, 1, -1, 1, 1)
+    return (1 - w) * first.unsqueeze(2) + w * last.unsqueeze(2)
+
+
+def make_condition(kind: str, z0: torch.Tensor) -> torch.Tensor:
+    if kind == "video":
+        return key_frame_condition(z0)
+    return interpolation_condition(z0[:, :, 0], z0[:, :, -1], z0.shape[2])
+
+
+def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: float, condition_dropout: float):
+    scheduler = make_training_scheduler()
+
+    def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        z0 = sample_latents(batch, scaling_factor, generator)
+        # the condition comes from the posterior mean: at inference it is the encoded key frame's mode
+        condition = make_condition(kind, batch["latent_mean"] * scaling_factor)
+        n = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0.device)
+        eps = appearance_noise(condition, n, lam)
+        t = random_timesteps(len(z0), generator=generator).to(z0.device)
+        p_drop = condition_dropout if kind == "video" else 1.0  # interp: always the empty prompt
+        states, mask = text_conditioning(batch, cache, condition_dropout_mask(len(z0), p_drop, generator))
+        pred = model(add_noise(z0, eps, t, scheduler), t, encoder_hidden_states=states,
+                     encoder_attention_mask=mask, condition=condition).sample
+        return torch.nn.functional.mse_loss(pred, eps)
+
+    return loss_fn
+
+
+def build_cache(config: dict[str, Any], output_dir: str | Path, vae) -> LatentCache:
+    data = config["data"]
+    dataset = SyntheticVideoDataset(data["num"], seed=data["seed"], num_frames=data["num_frames"], fps=data["fps"],
+                                    size=data["size"])
+    text_encoder = load_text_encoder(config.get("text_encoder", "minilm"), cache_size=0)
+    fingerprint = {"data": data, "vae": config.get("vae"), "vae_config": dict(vae.config),
+                   "text_encoder": config.get("text_encoder", "minilm"), "kind": "clips"}
+    return LatentCache.build_or_load(Path(output_dir) / "latents.safetensors",
+                                     lambda: encode_dataset(dataset, vae, text_encoder, batch_size=16), fingerprint)
+
+
+def build_model(config: dict[str, Any]):
+    from ..unet3d import VideoUNet
+
+    source = config.get("init_from", "embedded")
+    source = embedded_path("t2i") if source == "embedded" else Path(source)
+    return VideoUNet.from_pretrained_2d(source, **config.get("model", {}))
+
+
+def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None, *,
+          kind: str = "video", **overrides: Any) -> dict[str, Any]:
+    require_sections(config, "data", "loss")
+    train_settings = train_config(config, output_dir, **overrides)
+    started = time.time()
+    vae = load_vae(config.get("vae", "embedded"))
+    cache = build_cache(config, output_dir, vae)
+    model = build_model(config)
+    loss = config["loss"]
+    loss_fn = make_loss(kind, cache, vae.config.scaling_factor, lam=loss.get("noise_prior_lambda", 0.03),
+                        condition_dropout=loss.get("condition_dropout", 0.1))
+    groups = model.parameter_groups(train_settings.learning_rate, spatial_lr_scale=loss.get("spatial_lr_scale", 0.1))
+    result = Trainer(model, cache, loss_fn, train_settings, param_groups=groups).train()
+    report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
+              "final_loss": result.last_loss, "params": sum(p.numel() for p in model.parameters())}
+    if export:
+        export_fp16(type(model).from_pretrained(result.final_dir), export, provenance(config, evaluation=report))
+    return report
