@@ -87,3 +87,23 @@ def test_bad_configs_are_clear_errors(tmp_path, capsys):
     assert main(["train", "vae", "--config", str(typo), "--output-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "bad 'train' section" in err and "max_step" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("task", ["video", "interp"])
+def test_stage_two_tasks_train_from_a_t2i_unet(trained_vae, tmp_path, task):
+    from microcinema.testing import tiny_unet2d
+    from microcinema.unet3d import VideoUNet
+
+    tiny_unet2d(cross_attention_dim=384, sample_size=16).save_pretrained(tmp_path / "t2i")
+    config = write_config(tmp_path / f"{task}.yaml", task, vae=str(trained_vae / "export"),
+                          init_from=str(tmp_path / "t2i"), model={"temporal_attention_head_dim": 4},
+                          data={"num": 4}, train={**TINY_TRAIN, "batch_size": 2})
+    assert main(["train", task, "--config", str(config), "--output-dir", str(tmp_path / "run"),
+                 "--export", str(tmp_path / "export")]) == 0
+    model = VideoUNet.from_pretrained(tmp_path / "export").float()
+    assert model.config.injection == "add_encdec_spade"
+    z = torch.randn(1, 4, 3, 16, 16)
+    out = model(z, torch.tensor([500]), encoder_hidden_states=torch.randn(1, 5, 384), condition=z[:, :, :1]).sample
+    assert out.shape == z.shape
+    record = json.loads((tmp_path / "export" / "training.json").read_text())
+    assert record["command"].startswith(f"microcinema train {task}")
