@@ -1,0 +1,246 @@
+"""MicroCinema end to end: text -> key frame -> image&text-to-video -> x4 temporal interpolation.
+
+1. **Stage one** (section 3.1): the key frame from any text-to-image model
+   (:mod:`microcinema.pipelines.key_frame`) or the user's image, fitted to the model's size.
+2. **Stage two, base model**: a :class:`~microcinema.unet3d.VideoUNet` with AppearNet generates
+   ``num_frames`` frames at 2 fps around the key frame (its centre frame) from text and image. Sampling
+   starts from the Appearance Noise Prior ``N((lambda + gamma) z_c, I)`` (section 3.3, appendix B) with
+   classifier-free guidance on the text (the image condition is kept in both branches).
+3. **Temporal interpolation** (x4, section 3.1): for each adjacent pair of base frames, the interpolation
+   model generates 5 frames at 8 fps conditioned on the latents interpolated between the pair; the three
+   middle ones are inserted between the pair: 9 frames -> 33.
+
+Latents are decoded by the VAE at the end. All sampling goes through :func:`microcinema.samplers.sample`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from ..errors import MicroCinemaError, check
+from ..guidance import cfg_eps_model
+from ..noise_priors import DEFAULT_GAMMA, DEFAULT_LAMBDA, appearance_init_mean
+from ..samplers import SAMPLERS, sample
+from ..tasks.common import embedded_path
+from ..tasks.video import interpolation_condition
+from ..text_encoders import TextEncoder, load_text_encoder
+from ..unet3d import VideoUNet
+from .key_frame import KeyFrameModel, load_image, load_key_frame_model
+from .text_to_image import check_prompts, check_steps, to_output
+
+PIPELINE_FILE = "microcinema.json"
+INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between each pair
+
+
+@dataclass
+class VideoPipelineOutput:
+    """``frames``: (B, T, H, W, 3) uint8 for ``"np"``, (B, T, 3, H, W) in [-1, 1] for ``"pt"``, or latents
+    (B, C, T, h, w) for ``"latent"``; ``key_frames`` (B, 3, H, W) in [-1, 1]; ``fps`` of the frames;
+    ``notes``: what was done to a user's image."""
+
+    frames: Any
+    key_frames: torch.Tensor
+    fps: float
+    notes: list[str]
+
+
+class MicroCinemaPipeline:
+    """Text (and optionally an image) to video with MicroCinema's two stages and interpolation."""
+
+    def __init__(self, video_unet: VideoUNet, vae: AutoencoderKL, text_encoder: TextEncoder, *,
+                 interp_unet: VideoUNet | None = None, key_frame_model: KeyFrameModel | str | None = None,
+                 text_encoder_name: str = "minilm", base_fps: float = 2.0, sampler: str = "ddim",
+                 guidance_scale: float = 5.0, noise_prior_lambda: float = DEFAULT_LAMBDA,
+                 noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17)) -> None:
+        self.video_unet, self.vae, self.text_encoder = video_unet.eval(), vae.eval(), text_encoder
+        self.interp_unet = interp_unet.eval() if interp_unet is not None else None
+        self._key_frame_model = key_frame_model
+        self.text_encoder_name, self.base_fps, self.sampler = text_encoder_name, base_fps, sampler
+        self.guidance_scale = guidance_scale
+        self.noise_prior_lambda, self.noise_prior_gamma = noise_prior_lambda, noise_prior_gamma
+        self.num_frames_range = tuple(num_frames_range)
+
+    # ------------------------------------------------------------------ loading and saving
+    def _settings(self) -> dict[str, Any]:
+        return {"text_encoder": self.text_encoder_name, "base_fps": self.base_fps, "sampler": self.sampler,
+                "guidance_scale": self.guidance_scale, "noise_prior_lambda": self.noise_prior_lambda,
+                "noise_prior_gamma": self.noise_prior_gamma, "num_frames_range": list(self.num_frames_range)}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32,
+                        key_frame_model: KeyFrameModel | str | None = None) -> "MicroCinemaPipeline":
+        """A folder with ``video/`` (VideoUNet), optional ``interp/``, ``vae/`` and ``microcinema.json``;
+        the key frame model defaults to the folder's ``t2i/`` pipeline if present, else the embedded one."""
+        path = Path(path)
+        if not (path / PIPELINE_FILE).is_file() or not (path / "video" / "config.json").is_file():
+            raise MicroCinemaError(f"{path} is not a MicroCinema pipeline folder (expected {PIPELINE_FILE} and video/)")
+        settings = json.loads((path / PIPELINE_FILE).read_text())
+        load = lambda sub: VideoUNet.from_pretrained(path / sub, torch_dtype=torch_dtype)  # noqa: E731
+        interp = load("interp") if (path / "interp" / "config.json").is_file() else None
+        vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch_dtype)
+        if key_frame_model is None and (path / "t2i").is_dir():
+            key_frame_model = str(path / "t2i")
+        name = settings.pop("text_encoder", "minilm")
+        settings["num_frames_range"] = tuple(settings.get("num_frames_range", (3, 17)))
+        return cls(load("video"), vae, load_text_encoder(name), interp_unet=interp, key_frame_model=key_frame_model,
+                   text_encoder_name=name, **settings)
+
+    @classmethod
+    def embedded(cls) -> "MicroCinemaPipeline":
+        """The tiny model family shipped in the package (64x64, the procedural domain), offline."""
+        load = lambda name: VideoUNet.from_pretrained(embedded_path(name), torch_dtype=torch.float32)  # noqa: E731
+        vae = AutoencoderKL.from_pretrained(embedded_path("vae"), torch_dtype=torch.float32)
+        interp = load("interp") if (embedded_path("video").parent / "interp" / "config.json").is_file() else None
+        return cls(load("video"), vae, load_text_encoder("minilm"), interp_unet=interp, key_frame_model=None)
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.video_unet.save_pretrained(path / "video")
+        if self.interp_unet is not None:
+            self.interp_unet.save_pretrained(path / "interp")
+        self.vae.save_pretrained(path / "vae")
+        (path / PIPELINE_FILE).write_text(json.dumps(self._settings(), indent=2) + "\n")
+        return path
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def key_frame_model(self) -> KeyFrameModel:
+        if self._key_frame_model is None or isinstance(self._key_frame_model, (str, Path)):
+            self._key_frame_model = load_key_frame_model(self._key_frame_model)
+        return self._key_frame_model
+
+    @property
+    def image_size(self) -> int:
+        return self.video_unet.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode().float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """(B, C, T, h, w) latents -> (B, T, 3, H, W) pixels in [-1, 1]."""
+        flat = rearrange(latents, "b c t h w -> (b t) c h w") / self.vae.config.scaling_factor
+        pixels = torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample.float()
+                            for chunk in flat.split(batch_size)])
+        return rearrange(pixels.clamp(-1, 1), "(b t) c h w -> b t c h w", b=latents.shape[0])
+
+    def _text(self, prompts: list[str]) -> tuple[dict, dict]:
+        text, empty = self.text_encoder.encode(prompts), self.text_encoder.encode([""] * len(prompts))
+        as_cond = lambda e: {"encoder_hidden_states": e.hidden_states, "encoder_attention_mask": e.attention_mask}  # noqa: E731
+        return as_cond(text), as_cond(empty)
+
+    @staticmethod
+    def _eps_model(unet: VideoUNet):
+        def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+            return unet(z.to(unet.dtype), t, **cond).sample.float()
+
+        return eps_with_cond
+
+    def _generator(self, generator: torch.Generator | None) -> torch.Generator:
+        return generator if generator is not None else torch.Generator().manual_seed(int(torch.seed() % 2**63))
+
+    @torch.no_grad()
+    def generate_base(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, steps: int, scale: float,
+                      generator: torch.Generator, lam: float, gamma: float, progress: bool) -> torch.Tensor:
+        """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w)."""
+        cond, uncond = self._text(prompts)
+        condition = z_key.unsqueeze(2)  # AppearNet input [z_c, ..., z_c]: one frame, broadcast over F
+        cond, uncond = {**cond, "condition": condition}, {**uncond, "condition": condition}
+        noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator)
+        return sample(cfg_eps_model(self._eps_model(self.video_unet), cond, uncond, scale), noise,
+                      sampler=self.sampler, num_inference_steps=steps, generator=generator,
+                      init_mean=appearance_init_mean(z_key, num_frames, lam, gamma), progress=progress)
+
+    @torch.no_grad()
+    def interpolate(self, latents: torch.Tensor, *, steps: int, generator: torch.Generator, lam: float, gamma: float,
+                    progress: bool) -> torch.Tensor:
+        """x4 temporal interpolation of (B, C, F, h, w) latents to (B, C, 4 (F - 1) + 1, h, w); base frames kept."""
+        check(self.interp_unet is not None, "this pipeline has no interpolation model: pass interpolate=False")
+        b, c, f, h, w = latents.shape
+        first = rearrange(latents[:, :, :-1], "b c f h w -> (b f) c h w")
+        last = rearrange(latents[:, :, 1:], "b c f h w -> (b f) c h w")
+        n = INTERPOLATION_FACTOR + 1
+        condition = interpolation_condition(first, last, n)
+        empty = self.text_encoder.encode([""] * len(first))
+        cond = {"encoder_hidden_states": empty.hidden_states, "encoder_attention_mask": empty.attention_mask,
+                "condition": condition}
+        noise = torch.randn((len(first), c, n, h, w), generator=generator)
+        middle = sample(cfg_eps_model(self._eps_model(self.interp_unet), cond, cond, 1.0), noise, sampler=self.sampler,
+                        num_inference_steps=steps, generator=generator, progress=progress,
+                        init_mean=(lam + gamma) * condition)[:, :, 1:-1]
+        middle = rearrange(middle, "(b f) c m h w -> b c f m h w", b=b)
+        pieces = []
+        for k in range(f - 1):
+            pieces += [latents[:, :, k:k + 1], middle[:, :, k]]
+        pieces.append(latents[:, :, -1:])
+        return torch.cat(pieces, dim=2)
+
+    # ------------------------------------------------------------------ the call
+    def check_num_frames(self, num_frames: int) -> int:
+        lo, hi = self.num_frames_range
+        check(isinstance(num_frames, (int, np.integer)) and lo <= num_frames <= hi and num_frames % 2 == 1,
+              f"num_frames must be an odd number from {lo} to {hi} (the key frame is the centre frame; the base "
+              f"model was trained on 9), got {num_frames!r}")
+        return int(num_frames)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], image: Any = None, *, num_frames: int = 9,
+                 num_inference_steps: int = 25, guidance_scale: float | None = None,
+                 generator: torch.Generator | None = None, interpolate: bool = True, output_type: str = "np",
+                 noise_prior_lambda: float | None = None, noise_prior_gamma: float | None = None,
+                 progress: bool = True) -> VideoPipelineOutput:
+        """Generate videos for ``prompt``; ``image`` (path, PIL image, or a list of them, one per prompt) replaces
+        stage one. ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps -> 33 at 8)."""
+        prompts = check_prompts(prompt)
+        steps = check_steps(num_inference_steps)
+        num_frames = self.check_num_frames(num_frames)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        check(scale >= 0, f"guidance_scale must be >= 0 (1 = no guidance), got {scale}")
+        check(output_type in ("np", "pt", "latent"), f"unknown output_type {output_type!r}: allowed are np, pt, latent")
+        check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}: allowed are {', '.join(SAMPLERS)}")
+        lam = self.noise_prior_lambda if noise_prior_lambda is None else noise_prior_lambda
+        gamma = self.noise_prior_gamma if noise_prior_gamma is None else noise_prior_gamma
+        generator = self._generator(generator)
+        size, notes = self.image_size, []
+        stages = tqdm(total=3 if interpolate else 2, desc="MicroCinema", unit="stage", disable=not progress)
+
+        stages.set_postfix_str("key frame")
+        if image is None:
+            key_frames = self.key_frame_model(prompts, num_inference_steps=steps, guidance_scale=None,
+                                              generator=generator, size=size)
+        else:
+            images = image if isinstance(image, (list, tuple)) else [image] * len(prompts)
+            check(len(images) == len(prompts), f"got {len(images)} images for {len(prompts)} prompts: give one per prompt")
+            loaded = [load_image(im, size) for im in images]
+            key_frames = torch.stack([t for t, _ in loaded])
+            notes = sorted({n for _, ns in loaded for n in ns})
+        stages.update()
+
+        stages.set_postfix_str("image&text-to-video")
+        latents = self.generate_base(prompts, self.encode_images(key_frames), num_frames, steps=steps, scale=scale,
+                                     generator=generator, lam=lam, gamma=gamma, progress=False)
+        fps = self.base_fps
+        stages.update()
+        if interpolate:
+            stages.set_postfix_str("interpolation x4")
+            latents = self.interpolate(latents, steps=steps, generator=generator, lam=lam, gamma=gamma, progress=False)
+            fps = self.base_fps * INTERPOLATION_FACTOR
+            stages.update()
+        stages.close()
+        if output_type == "latent":
+            return VideoPipelineOutput(latents, key_frames, fps, notes)
+        pixels = self.decode_latents(latents)
+        frames = pixels if output_type == "pt" else np.stack([to_output(v, "np") for v in pixels])
+        return VideoPipelineOutput(frames, key_frames, fps, notes)

@@ -1,0 +1,99 @@
+"""MicroCinemaPipeline on tiny random models: stages, interpolation, the user's image, save/load, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from microcinema.errors import MicroCinemaError
+from microcinema.pipelines.microcinema import MicroCinemaPipeline
+from microcinema.testing import tiny_unet2d, tiny_vae
+from microcinema.unet3d import VideoUNet
+
+
+class FixedKeyFrames:
+    """A stage-one stand-in: a deterministic key frame per prompt."""
+
+    def __call__(self, prompts, *, num_inference_steps, guidance_scale, generator, size):
+        return torch.stack([torch.full((3, size, size), 0.1 * (i + 1)) for i in range(len(prompts))])
+
+
+def video_unet(seed: int) -> VideoUNet:
+    torch.manual_seed(seed)
+    model = VideoUNet.from_pretrained_2d(tiny_unet2d(cross_attention_dim=384, sample_size=8, seed=seed),
+                                         temporal_attention_head_dim=4)
+    with torch.no_grad():  # leave the identity: make temporal layers and injections do something
+        for name, p in model.named_parameters():
+            if not name.startswith("unet."):
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def pipeline(minilm_encoder):
+    return MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_unet=video_unet(1),
+                               key_frame_model=FixedKeyFrames(), guidance_scale=3.0)
+
+
+def test_base_then_interpolation_gives_33_frames_keeping_base_frames(pipeline):
+    run = lambda **kw: pipeline("a red circle moving left", num_inference_steps=2, progress=False,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0), **kw)
+    base = run(interpolate=False, output_type="latent")
+    assert base.frames.shape == (1, 4, 9, 8, 8) and base.fps == 2.0
+    full = run(output_type="latent")
+    assert full.frames.shape == (1, 4, 33, 8, 8) and full.fps == 8.0
+    assert torch.allclose(full.frames[:, :, ::4], base.frames)  # base frames stay, 3 new ones between each pair
+    video = run(output_type="np")
+    assert video.frames.shape == (1, 33, 16, 16, 3) and video.frames.dtype == np.uint8
+    again = run(output_type="np")
+    assert np.array_equal(video.frames, again.frames)
+
+
+def test_text_and_noise_prior_change_the_video(pipeline):
+    run = lambda prompt, **kw: pipeline(prompt, num_inference_steps=2, progress=False, interpolate=False,  # noqa: E731
+                                        generator=torch.Generator().manual_seed(0), output_type="latent", **kw).frames
+    left, right = run("a red circle moving left"), run("a red circle moving right")
+    assert not torch.allclose(left, right)
+    assert not torch.allclose(run("a red circle moving left", noise_prior_lambda=0.0, noise_prior_gamma=0.0), left)
+
+
+def test_user_image_replaces_stage_one(pipeline, tmp_path):
+    path = tmp_path / "key.png"
+    Image.fromarray(np.full((30, 40, 4), 200, dtype=np.uint8), "RGBA").save(path)
+    out = pipeline("a red circle", image=path, num_inference_steps=1, interpolate=False, progress=False)
+    assert out.key_frames.shape == (1, 3, 16, 16)
+    assert any("RGBA" in n for n in out.notes) and any("centre-cropped" in n for n in out.notes)
+
+
+def test_save_and_load(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path / "mc")
+    loaded = MicroCinemaPipeline.from_pretrained(tmp_path / "mc", key_frame_model=FixedKeyFrames())
+    kwargs = dict(num_inference_steps=2, progress=False, output_type="latent")
+    a = pipeline("a star", generator=torch.Generator().manual_seed(4), **kwargs).frames
+    b = loaded("a star", generator=torch.Generator().manual_seed(4), **kwargs).frames
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_frames": 8}, "num_frames must be an odd number from 3 to 17"),
+    ({"num_frames": 41}, "num_frames must be an odd number"),
+    ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
+    ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1"),
+    ({"output_type": "gif"}, "unknown output_type"),
+])
+def test_bad_arguments(pipeline, kwargs, match):
+    with pytest.raises(MicroCinemaError, match=match):
+        pipeline("a red circle", progress=False, **kwargs)
+
+
+def test_bad_images_and_prompts(pipeline, tmp_path):
+    with pytest.raises(MicroCinemaError, match="empty prompt"):
+        pipeline("", progress=False)
+    bad = tmp_path / "bad.png"
+    bad.write_text("no image here")
+    with pytest.raises(MicroCinemaError, match="cannot read image"):
+        pipeline("a red circle", image=bad, progress=False)
+    with pytest.raises(MicroCinemaError, match="one per prompt"):
+        pipeline(["a", "b"], image=[bad], progress=False)
