@@ -18,6 +18,8 @@ MicroCinema: text-to-video generation with diffusion models.
 
   data synth   write procedural text-video clips (video files + a caption table with ground truth)
   data grid    write a PNG grid of clips from a caption table, to look at a data set
+  generate     text to video: key frame, image&text-to-video, x4 interpolation (MicroCinema)
+  animate      your image + text to video (MicroCinema stage two on your key frame)
   image        stage one: a key frame from text (embedded tiny model, or any diffusers pipeline)
   train        train a model of the embedded family (vae, t2i) with the shared trainer
 
@@ -224,6 +226,82 @@ def _save_image(image, out: Path) -> None:
         raise MicroCinemaError(f"cannot write {out}: {error.strerror or error}") from None
 
 
+GENERATE_EXAMPLES = """\
+examples:
+  microcinema generate "a red circle moving left" --out video.mp4
+      the embedded tiny models, offline: key frame -> 9 frames at 2 fps -> 33 frames at 8 fps
+  microcinema generate "a green star growing" --out video.gif --no-interpolate --steps 10
+  microcinema generate "a cat walking" --out cat.mp4 --model ./my-microcinema --key-frame-model ./sd-2-1
+"""
+
+ANIMATE_EXAMPLES = """\
+examples:
+  microcinema animate key.png "a red circle moving left" --out video.mp4
+      the image is resized and centre-cropped to the model's size (64x64 for the embedded models)
+"""
+
+
+def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="video file to write: .mp4 or .gif")
+    parser.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
+    parser.add_argument("--frames", type=int, default=9, help="base frames at 2 fps, odd, 3-17 (default 9)")
+    parser.add_argument("--steps", type=_positive_int("--steps"), default=25, help="sampling steps per stage (default 25)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="text guidance (>= 0; default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
+    parser.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of the frames")
+
+
+def _add_generate_commands(subparsers: argparse._SubParsersAction) -> None:
+    generate = subparsers.add_parser(
+        "generate", help="text to video", epilog=GENERATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="MicroCinema text-to-video: a key frame from a text-to-image model, then image&text-to-video "
+                    "with AppearNet and the Appearance Noise Prior, then x4 temporal interpolation.")
+    generate.add_argument("prompt", help="what should happen, e.g. 'a red circle moving left'")
+    _add_video_arguments(generate)
+    generate.add_argument("--key-frame-model", default=None,
+                          help="stage one: 'embedded' (default), a MicroCinema t2i folder, a diffusers pipeline or hub id")
+    generate.add_argument("--save-key-frame", type=Path, default=None, help="also write the key frame as PNG")
+    generate.set_defaults(func=_cmd_generate, image=None)
+
+    animate = subparsers.add_parser(
+        "animate", help="your image + text to video", epilog=ANIMATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Animate your own key frame (it becomes the centre frame) as the text says.")
+    animate.add_argument("image", type=Path, help="the key frame: PNG, JPEG, ... (grey and RGBA are converted)")
+    animate.add_argument("prompt", help="what should happen, e.g. 'a red circle moving left'")
+    _add_video_arguments(animate)
+    animate.set_defaults(func=_cmd_generate, key_frame_model=None, save_key_frame=None)
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    import sys
+
+    import torch
+
+    from .errors import check
+    from .pipelines.microcinema import MicroCinemaPipeline
+    from .pipelines.text_to_image import check_prompts, to_output
+    from .video_io import save_grid, write_video
+
+    check(args.out.suffix.lower() in (".mp4", ".gif"), f"--out must end in .mp4 or .gif, got {args.out}")
+    check_prompts(args.prompt)
+    pipeline = (MicroCinemaPipeline.embedded(key_frame_model=args.key_frame_model) if args.model is None
+                else MicroCinemaPipeline.from_pretrained(args.model, key_frame_model=args.key_frame_model))
+    pipeline.check_num_frames(args.frames)
+    out = pipeline(args.prompt, image=args.image, num_frames=args.frames, num_inference_steps=args.steps,
+                   guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
+                   interpolate=not args.no_interpolate)
+    for note in out.notes:
+        print(f"microcinema: note: your image was {note}", file=sys.stderr)
+    write_video(args.out, out.frames[0], out.fps)
+    if args.grid:
+        save_grid(args.grid, [out.frames[0]], captions=[args.prompt])
+    if args.save_key_frame:
+        _save_image(to_output(out.key_frames[:1], "pil")[0], args.save_key_frame)
+    print(f"wrote {args.out} ({len(out.frames[0])} frames at {out.fps:g} fps)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="microcinema", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -232,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     _add_data_commands(subparsers)
+    _add_generate_commands(subparsers)
     _add_image_command(subparsers)
     _add_train_command(subparsers)
     return parser

@@ -96,12 +96,13 @@ class MicroCinemaPipeline:
                    text_encoder_name=name, **settings)
 
     @classmethod
-    def embedded(cls) -> "MicroCinemaPipeline":
-        """The tiny model family shipped in the package (64x64, the procedural domain), offline."""
+    def embedded(cls, key_frame_model: KeyFrameModel | str | None = None) -> "MicroCinemaPipeline":
+        """The tiny model family shipped in the package (64x64, the procedural domain), offline; stage one is
+        the embedded text-to-image model unless ``key_frame_model`` says otherwise."""
         load = lambda name: VideoUNet.from_pretrained(embedded_path(name), torch_dtype=torch.float32)  # noqa: E731
         vae = AutoencoderKL.from_pretrained(embedded_path("vae"), torch_dtype=torch.float32)
         interp = load("interp") if (embedded_path("video").parent / "interp" / "config.json").is_file() else None
-        return cls(load("video"), vae, load_text_encoder("minilm"), interp_unet=interp, key_frame_model=None)
+        return cls(load("video"), vae, load_text_encoder("minilm"), interp_unet=interp, key_frame_model=key_frame_model)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         path = Path(path)
