@@ -97,3 +97,27 @@ def test_bad_images_and_prompts(pipeline, tmp_path):
         pipeline("a red circle", image=bad, progress=False)
     with pytest.raises(MicroCinemaError, match="one per prompt"):
         pipeline(["a", "b"], image=[bad], progress=False)
+
+
+def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encoder, tmp_path, capsys):
+    from microcinema.cli import main
+    from microcinema.pipelines.text_to_image import TextToImagePipeline
+    from microcinema.video_io import probe_video
+
+    folder = pipeline.save_pretrained(tmp_path / "mc")
+    TextToImagePipeline(tiny_unet2d(cross_attention_dim=384, sample_size=8), tiny_vae(), minilm_encoder).save_pretrained(folder / "t2i")
+    out = tmp_path / "video.mp4"
+    assert main(["generate", "a red circle moving left", "--out", str(out), "--model", str(folder), "--steps", "2",
+                 "--grid", str(tmp_path / "grid.png"), "--save-key-frame", str(tmp_path / "key.png")]) == 0
+    info = probe_video(out)
+    assert info.num_frames == 33 and abs(info.fps - 8.0) < 1e-6
+    assert (tmp_path / "grid.png").exists() and (tmp_path / "key.png").exists()
+    Image.fromarray(np.full((20, 20), 128, dtype=np.uint8), "L").save(tmp_path / "grey.png")
+    gif = tmp_path / "video.gif"
+    assert main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(gif), "--model", str(folder),
+                 "--steps", "1", "--no-interpolate"]) == 0
+    assert probe_video(gif).num_frames == 9
+    assert "converted L to RGB" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "v.avi"), "--model", str(folder)]) == 2
+    assert main(["generate", "a red circle", "--out", str(out), "--model", str(folder), "--frames", "10"]) == 2
+    assert "num_frames must be an odd number" in capsys.readouterr().err

@@ -66,7 +66,7 @@ def embedded_path(name: str) -> Path:
     path = WEIGHTS_DIR / name
     if not (path / "config.json").exists():
         raise MicroCinemaError(f"the embedded {name!r} weights are missing from {WEIGHTS_DIR}; "
-                               f"train them with `microcinema train {name} --export {path}` or pass a model path")
+                               f"train them with `microcinema train {name} --config {name} --export {path}` or pass a model path")
     return path
 
 
