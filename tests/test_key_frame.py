@@ -111,3 +111,15 @@ def test_cli_image_with_a_diffusers_folder(tiny_sd_path, tmp_path, capsys):
     assert "empty prompt" in capsys.readouterr().err
     assert main(["image", "a cat", "--out", str(out), "--model", str(tmp_path / "missing")]) == 2
     assert "model path not found" in capsys.readouterr().err
+
+
+def test_a_bare_unet_folder_loads_with_the_embedded_vae(tmp_path):
+    """`microcinema train t2i --export DIR` writes a UNet folder; it loads as a pipeline (embedded VAE, MiniLM)."""
+    import json
+
+    tiny_unet2d(cross_attention_dim=384, sample_size=8).save_pretrained(tmp_path / "unet_only")
+    (tmp_path / "unet_only" / "pipeline.json").write_text(json.dumps({"guidance_scale": 2.5}))
+    pipeline = TextToImagePipeline.from_pretrained(tmp_path / "unet_only")
+    assert pipeline.guidance_scale == 2.5 and pipeline.image_size == 32
+    frames = generate_key_frames("a red circle", model=str(tmp_path / "unet_only"), size=32, num_inference_steps=1)
+    assert frames.shape == (1, 3, 32, 32)

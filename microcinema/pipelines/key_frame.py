@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MicroCinemaError, check
-from .text_to_image import PIPELINE_FILE, TextToImagePipeline, check_prompts, check_steps
+from .text_to_image import PIPELINE_FILE, TextToImagePipeline, check_prompts, check_steps, is_text_to_image_folder
 
 
 class KeyFrameModel(Protocol):
@@ -124,7 +124,7 @@ def load_key_frame_model(model: str | os.PathLike | None = None) -> KeyFrameMode
     if model is None or str(model) == "embedded":
         return OwnKeyFrameModel(TextToImagePipeline.embedded())
     path = Path(model)
-    if (path / PIPELINE_FILE).is_file():
+    if is_text_to_image_folder(path) and not (path / "model_index.json").is_file():
         return OwnKeyFrameModel(TextToImagePipeline.from_pretrained(path))
     if path.exists():
         if not (path / "model_index.json").is_file():

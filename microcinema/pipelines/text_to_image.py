@@ -5,7 +5,9 @@ shared loop (:func:`microcinema.samplers.sample`) with classifier-free guidance.
 ships in the package (``TextToImagePipeline.embedded()``); any folder written by ``save_pretrained`` loads.
 
 Folder layout: ``unet/`` and ``vae/`` (diffusers folders) and ``pipeline.json``
-(``{"text_encoder": "minilm" | SD folder, "sampler": ..., "guidance_scale": ...}``).
+(``{"text_encoder": "minilm" | SD folder, "sampler": ..., "guidance_scale": ...}``). A folder that is itself
+a ``UNet2DConditionModel`` (what ``microcinema train t2i --export`` writes) also loads, with the embedded VAE,
+MiniLM and the settings of a ``pipeline.json`` beside the weights if there is one.
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ def to_output(pixels: torch.Tensor, output_type: str) -> Any:
     raise MicroCinemaError(f"unknown output_type {output_type!r}: allowed are pil, np, pt, latent")
 
 
+def _is_unet2d(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("_class_name") == "UNet2DConditionModel"
+
+
+def is_text_to_image_folder(folder: str | os.PathLike) -> bool:
+    """A folder :meth:`TextToImagePipeline.from_pretrained` loads (either layout)."""
+    folder = Path(folder)
+    return (folder / PIPELINE_FILE).is_file() or _is_unet2d(folder) or _is_unet2d(folder / "unet")
+
+
 class TextToImagePipeline:
     """Text -> key frame with a latent diffusion model of this project (diffusers-style call)."""
 
@@ -78,12 +91,14 @@ class TextToImagePipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32) -> "TextToImagePipeline":
         path = Path(path)
-        if not (path / PIPELINE_FILE).is_file() or not (path / "unet" / "config.json").is_file():
+        unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
+        if not _is_unet2d(unet_dir):
             raise MicroCinemaError(f"{path} is not a MicroCinema text-to-image folder (expected {PIPELINE_FILE} and "
-                                   "unet/); for a diffusers pipeline folder or hub id use load_key_frame_model")
-        settings = json.loads((path / PIPELINE_FILE).read_text())
+                                   "unet/, or a UNet2DConditionModel folder); for a diffusers pipeline folder or hub id "
+                                   "use load_key_frame_model")
+        settings = json.loads((path / PIPELINE_FILE).read_text()) if (path / PIPELINE_FILE).is_file() else {}
         vae_path = path / "vae" if (path / "vae" / "config.json").is_file() else embedded_path("vae")
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=torch_dtype)
         vae = AutoencoderKL.from_pretrained(vae_path, torch_dtype=torch_dtype)
         name = settings.get("text_encoder", "minilm")
         return cls(unet, vae, load_text_encoder(name), text_encoder_name=name,

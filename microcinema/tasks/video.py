@@ -52,11 +52,12 @@ def make_condition(kind: str, z0: torch.Tensor) -> torch.Tensor:
     return interpolation_condition(z0[:, :, 0], z0[:, :, -1], z0.shape[2])
 
 
-def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: float, condition_dropout: float):
+def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: float, condition_dropout: float,
+              latents: str = "mode"):
     scheduler = make_training_scheduler()
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        z0 = sample_latents(batch, scaling_factor, generator)
+        z0 = sample_latents(batch, scaling_factor, generator, mode=latents == "mode")
         # the condition comes from the posterior mean: at inference it is the encoded key frame's mode
         condition = make_condition(kind, batch["latent_mean"] * scaling_factor)
         n = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0.device)
@@ -100,7 +101,7 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     model = build_model(config)
     loss = config["loss"]
     loss_fn = make_loss(kind, cache, vae.config.scaling_factor, lam=loss.get("noise_prior_lambda", 0.03),
-                        condition_dropout=loss.get("condition_dropout", 0.1))
+                        condition_dropout=loss.get("condition_dropout", 0.1), latents=loss.get("latents", "mode"))
     groups = model.parameter_groups(train_settings.learning_rate, spatial_lr_scale=loss.get("spatial_lr_scale", 0.1))
     result = Trainer(model, cache, loss_fn, train_settings, param_groups=groups).train()
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
