@@ -201,14 +201,7 @@ def sample_ddim(
     step of the probability-flow ODE (Karras et al. 2022, section 3), so DDIM is :func:`sample_euler` on the
     DDIM timesteps (``get_sigmas(..., "ddim")``). ``generator`` is accepted for a uniform signature."""
     del generator
-    s = _steps(sigmas)
-    for i in trange(len(s) - 1, disable=disable_progress, desc="ddim", leave=False):
-        denoised = denoiser(x, s[i])
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": s[i], "sigma_hat": s[i], "denoised": denoised})
-        eps = (x - denoised) / s[i]
-        x = denoised + s[i + 1] * eps
-    return x
+    return sample_euler(denoiser, x, sigmas, callback=callback, disable_progress=disable_progress)
 
 
 def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
