@@ -21,7 +21,7 @@ MicroCinema: text-to-video generation with diffusion models.
   generate     text to video: key frame, image&text-to-video, x4 interpolation (MicroCinema)
   animate      your image + text to video (MicroCinema stage two on your key frame)
   image        stage one: a key frame from text (embedded tiny model, or any diffusers pipeline)
-  train        train a model of the embedded family (vae, t2i) with the shared trainer
+  train        train a model of the embedded family (vae, t2i, video, interp) with the shared trainer
 
 Every command has its own --help with examples. Nothing is downloaded: models come from a local path
 (or a hub id you have cached), and the embedded tiny models ship inside the package.
@@ -217,8 +217,6 @@ def _cmd_image(args: argparse.Namespace) -> None:
 
 
 def _save_image(image, out: Path) -> None:
-    from .errors import MicroCinemaError
-
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         image.save(out)
@@ -275,8 +273,6 @@ def _add_generate_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    import sys
-
     import torch
 
     from .errors import check
