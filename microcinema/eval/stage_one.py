@@ -58,7 +58,8 @@ def evaluate(model: str | None, out: Path, *, num: int = 200, steps: int = 25, g
                "train_combos": accuracy_table(split("train")), "heldout_combos": accuracy_table(split("heldout")),
                "by_object": accuracy_table(pairs, group_by="object")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    save_grid(out / "grid.png", [f[None] for f in frames[:24]], captions=[s.caption for s in specs[:24]])
+    rows = [slice(i, i + 6) for i in range(0, min(num, 24), 6)]  # 4 rows of 6 key frames, prompts above each row
+    save_grid(out / "grid.png", [frames[r] for r in rows], captions=[" | ".join(s.caption for s in specs[r]) for r in rows])
     _write_report(out, metrics)
     return metrics
 
