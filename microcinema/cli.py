@@ -312,20 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"microcinema: warning: {message}\n"
+def _show_one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"microcinema: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
-    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command_line = " ".join(["microcinema", *argv])
     try:
-        args.func(args)
+        with warnings.catch_warnings():  # restores the caller's warning display when the command ends
+            warnings.showwarning = _show_one_line_warning
+            args.func(args)
     except MicroCinemaError as error:
         print(f"microcinema: error: {error}", file=sys.stderr)
         return 2
