@@ -1,26 +1,26 @@
 """Training tasks: one module per model of the embedded family, all on the shared :class:`~microcinema.trainer.Trainer`.
 
-``microcinema train NAME --config CONFIG`` runs ``TASKS[NAME].train(config, output_dir, export)``.
+``microcinema train NAME --config CONFIG`` runs the task's function ``(config, output_dir, export, **overrides)``.
 """
 
 from __future__ import annotations
 
 import importlib
 
-#: task name -> (module, what it trains)
+#: task name -> ("module:function", what it trains)
 TASKS: dict[str, tuple[str, str]] = {
-    "vae": ("microcinema.tasks.vae", "the tiny VAE (AutoencoderKL) on procedural frames"),
-    "t2i": ("microcinema.tasks.t2i", "the tiny text-to-image U-Net (stage one) on procedural key frames"),
-    "video": ("microcinema.tasks.video", "the image&text-to-video base model (stage two, AppearNet + noise prior)"),
-    "interp": ("microcinema.tasks.video", "the x4 temporal interpolation model (stage two)"),
+    "vae": ("microcinema.tasks.vae:train", "the tiny VAE (AutoencoderKL) on procedural frames"),
+    "t2i": ("microcinema.tasks.t2i:train", "the tiny text-to-image U-Net (stage one) on procedural key frames"),
+    "video": ("microcinema.tasks.video:train_video",
+              "the image&text-to-video base model (stage two, AppearNet + noise prior)"),
+    "interp": ("microcinema.tasks.video:train_interp", "the x4 temporal interpolation model (stage two)"),
 }
 
 
 def run_task(name: str, config: dict, output_dir: str, export: str | None = None, command: str | None = None,
              **overrides) -> dict:
     """Train task ``name``; ``command`` (the CLI line) is recorded in the export's ``training.json``."""
-    module = importlib.import_module(TASKS[name][0])
+    module, function = TASKS[name][0].split(":")
     if command:
         config = {**config, "_command": command}
-    extra = {"kind": name} if name in ("video", "interp") else {}
-    return module.train(config, output_dir, export=export, **extra, **overrides)
+    return getattr(importlib.import_module(module), function)(config, output_dir, export=export, **overrides)

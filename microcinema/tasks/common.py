@@ -61,6 +61,21 @@ def train_config(config: dict[str, Any], output_dir: str | os.PathLike, **overri
         raise MicroCinemaError(f"bad 'train' section in {config.get('_path')}: {error}") from None
 
 
+def build_latent_cache(config: dict[str, Any], output_dir: str | os.PathLike, vae: Any, dataset: Any, kind: str,
+                       batch_size: int = 64):
+    """The run's latent cache (``output_dir/latents.safetensors``) of ``dataset`` encoded by ``vae`` and the
+    config's text encoder; rebuilt only when data, VAE, text encoder or ``kind`` change."""
+    from ..data.latent_cache import LatentCache, encode_dataset
+    from ..text_encoders import load_text_encoder
+
+    name = config.get("text_encoder", "minilm")
+    fingerprint = {"data": config["data"], "vae": config.get("vae"), "vae_config": dict(vae.config),
+                   "text_encoder": name, "kind": kind}
+    return LatentCache.build_or_load(
+        Path(output_dir) / "latents.safetensors",
+        lambda: encode_dataset(dataset, vae, load_text_encoder(name, cache_size=0), batch_size=batch_size), fingerprint)
+
+
 def embedded_path(name: str) -> Path:
     """Folder of a shipped model (``vae``, ``t2i``, ...); a clear error if it is not in this install."""
     path = WEIGHTS_DIR / name

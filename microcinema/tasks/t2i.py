@@ -16,12 +16,11 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
-from ..data.latent_cache import LatentCache, encode_dataset
+from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticKeyFrameDataset
 from ..diffusion import add_noise, make_training_scheduler, random_timesteps
-from ..text_encoders import load_text_encoder
 from ..trainer import Trainer, condition_dropout_mask
-from .common import require_sections, embedded_path, export_fp16, provenance, train_config
+from .common import build_latent_cache, embedded_path, require_sections, export_fp16, provenance, train_config
 
 
 def load_vae(name_or_path: str) -> AutoencoderKL:
@@ -70,11 +69,7 @@ def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: floa
 def build_cache(config: dict[str, Any], output_dir: str | Path, vae: AutoencoderKL) -> LatentCache:
     data = config["data"]
     dataset = SyntheticKeyFrameDataset(data["num"], seed=data["seed"], size=data["size"])
-    text_encoder = load_text_encoder(config.get("text_encoder", "minilm"), cache_size=0)
-    fingerprint = {"data": data, "vae": config.get("vae"), "vae_config": dict(vae.config),
-                   "text_encoder": config.get("text_encoder", "minilm"), "kind": "keyframes"}
-    return LatentCache.build_or_load(Path(output_dir) / "latents.safetensors",
-                                     lambda: encode_dataset(dataset, vae, text_encoder), fingerprint)
+    return build_latent_cache(config, output_dir, vae, dataset, "keyframes")
 
 
 def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,

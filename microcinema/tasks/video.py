@@ -23,13 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.latent_cache import LatentCache, encode_dataset
+from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticVideoDataset
 from ..diffusion import add_noise, make_training_scheduler, random_timesteps
 from ..noise_priors import appearance_noise
-from ..text_encoders import load_text_encoder
 from ..trainer import Trainer, condition_dropout_mask
-from .common import embedded_path, export_fp16, provenance, require_sections, train_config
+from .common import build_latent_cache, embedded_path, export_fp16, provenance, require_sections, train_config
 from .t2i import load_vae, sample_latents, text_conditioning
 
 
@@ -76,11 +75,7 @@ def build_cache(config: dict[str, Any], output_dir: str | Path, vae) -> LatentCa
     data = config["data"]
     dataset = SyntheticVideoDataset(data["num"], seed=data["seed"], num_frames=data["num_frames"], fps=data["fps"],
                                     size=data["size"])
-    text_encoder = load_text_encoder(config.get("text_encoder", "minilm"), cache_size=0)
-    fingerprint = {"data": data, "vae": config.get("vae"), "vae_config": dict(vae.config),
-                   "text_encoder": config.get("text_encoder", "minilm"), "kind": "clips"}
-    return LatentCache.build_or_load(Path(output_dir) / "latents.safetensors",
-                                     lambda: encode_dataset(dataset, vae, text_encoder, batch_size=16), fingerprint)
+    return build_latent_cache(config, output_dir, vae, dataset, "clips", batch_size=16)
 
 
 def build_model(config: dict[str, Any]):
@@ -89,6 +84,18 @@ def build_model(config: dict[str, Any]):
     source = config.get("init_from", "embedded")
     source = embedded_path("t2i") if source == "embedded" else Path(source)
     return VideoUNet.from_pretrained_2d(source, **config.get("model", {}))
+
+
+def train_video(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
+                **overrides: Any) -> dict[str, Any]:
+    """``microcinema train video``: the base image&text-to-video model."""
+    return train(config, output_dir, export, kind="video", **overrides)
+
+
+def train_interp(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
+                 **overrides: Any) -> dict[str, Any]:
+    """``microcinema train interp``: the x4 temporal interpolation model."""
+    return train(config, output_dir, export, kind="interp", **overrides)
 
 
 def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None, *,
