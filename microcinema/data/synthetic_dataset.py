@@ -2,7 +2,7 @@
 
 Both produce the same clips for the same seed. On disk a clip is an H.264 mp4 (``yuv444p``, no chroma
 subsampling, ``crf`` :data:`DATASET_CRF`), so the files differ from the in-memory frames only by that
-codec's loss (measured by ``tests/test_synthetic.py``; see the README for the numbers).
+codec's loss (measured by ``tests/test_synthetic_dataset.py``; see the README for the numbers).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SyntheticVideoDataset(Dataset):
         check(split in SPLITS, f"unknown split {split!r}: allowed are {', '.join(SPLITS)}")
         self.num, self.seed, self.split = num, seed, split
         self.num_frames, self.fps, self.size = num_frames, fps, size
-        make_clip(0, seed=seed, split=split, num_frames=num_frames, fps=fps, size=size)  # validates the settings
+        sample_clip(0, seed=seed, split=split, num_frames=num_frames, fps=fps, size=size)  # validates the settings
 
     def __len__(self) -> int:
         return self.num
@@ -118,7 +118,7 @@ def write_synthetic_dataset(out: str | Path, *, num: int, num_frames: int = 33, 
 
     check(num >= 1, f"--num must be >= 1, got {num}")
     check(0 <= crf <= 51, f"crf must be between 0 (lossless) and 51, got {crf}")
-    make_clip(0, seed=seed, split=split, num_frames=num_frames, fps=fps, size=size)  # validate before writing
+    sample_clip(0, seed=seed, split=split, num_frames=num_frames, fps=fps, size=size)  # validate before writing
     out = _prepare_output_dir(Path(out))
 
     rows, shown, captions = [], [], []
