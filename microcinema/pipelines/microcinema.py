@@ -36,7 +36,7 @@ from ..tasks.video import interpolation_condition
 from ..text_encoders import TextEncoder, load_text_encoder
 from ..unet3d import VideoUNet
 from .key_frame import KeyFrameModel, load_image, load_key_frame_model
-from .text_to_image import check_prompts, check_steps, to_output
+from .text_to_image import check_prompts, check_steps, prompt_and_empty_conds, to_output, unet_text_cond
 
 PIPELINE_FILE = "microcinema.json"
 INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between each pair
@@ -137,11 +137,6 @@ class MicroCinemaPipeline:
                             for chunk in flat.split(batch_size)])
         return rearrange(pixels.clamp(-1, 1), "(b t) c h w -> b t c h w", b=latents.shape[0])
 
-    def _text(self, prompts: list[str]) -> tuple[dict, dict]:
-        text, empty = self.text_encoder.encode(prompts), self.text_encoder.encode([""] * len(prompts))
-        as_cond = lambda e: {"encoder_hidden_states": e.hidden_states, "encoder_attention_mask": e.attention_mask}  # noqa: E731
-        return as_cond(text), as_cond(empty)
-
     @staticmethod
     def _eps_model(unet: VideoUNet):
         def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
@@ -156,7 +151,7 @@ class MicroCinemaPipeline:
     def generate_base(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, steps: int, scale: float,
                       generator: torch.Generator, lam: float, gamma: float, progress: bool) -> torch.Tensor:
         """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w)."""
-        cond, uncond = self._text(prompts)
+        cond, uncond = prompt_and_empty_conds(self.text_encoder, prompts)
         condition = z_key.unsqueeze(2)  # AppearNet input [z_c, ..., z_c]: one frame, broadcast over F
         cond, uncond = {**cond, "condition": condition}, {**uncond, "condition": condition}
         noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator)
@@ -174,9 +169,7 @@ class MicroCinemaPipeline:
         last = rearrange(latents[:, :, 1:], "b c f h w -> (b f) c h w")
         n = INTERPOLATION_FACTOR + 1
         condition = interpolation_condition(first, last, n)
-        empty = self.text_encoder.encode([""] * len(first))
-        cond = {"encoder_hidden_states": empty.hidden_states, "encoder_attention_mask": empty.attention_mask,
-                "condition": condition}
+        cond = {**unet_text_cond(self.text_encoder.encode([""] * len(first))), "condition": condition}
         noise = torch.randn((len(first), c, n, h, w), generator=generator)
         middle = sample(cfg_eps_model(self._eps_model(self.interp_unet), cond, cond, 1.0), noise, sampler=self.sampler,
                         num_inference_steps=steps, generator=generator, progress=progress,

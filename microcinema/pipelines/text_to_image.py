@@ -68,6 +68,19 @@ def to_output(pixels: torch.Tensor, output_type: str) -> Any:
     raise MicroCinemaError(f"unknown output_type {output_type!r}: allowed are pil, np, pt, latent")
 
 
+def unet_text_cond(embedding: Any, dtype: torch.dtype | None = None) -> dict:
+    """A :class:`~microcinema.text_encoders.TextEmbedding` as the U-Net's text keyword arguments."""
+    return {"encoder_hidden_states": embedding.hidden_states.to(dtype or embedding.hidden_states.dtype),
+            "encoder_attention_mask": embedding.attention_mask}
+
+
+def prompt_and_empty_conds(text_encoder: TextEncoder, prompts: list[str], dtype: torch.dtype | None = None
+                           ) -> tuple[dict, dict]:
+    """Text conditioning of ``prompts`` and of as many empty prompts (the unconditional branch of guidance)."""
+    return (unet_text_cond(text_encoder.encode(prompts), dtype),
+            unet_text_cond(text_encoder.encode([""] * len(prompts)), dtype))
+
+
 def _is_unet2d(folder: Path) -> bool:
     config = folder / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("_class_name") == "UNet2DConditionModel"
@@ -130,10 +143,7 @@ class TextToImagePipeline:
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> tuple[dict, dict]:
-        text, empty = self.text_encoder.encode(prompts), self.text_encoder.encode([""] * len(prompts))
-        as_cond = lambda e: {"encoder_hidden_states": e.hidden_states.to(self.unet.dtype),  # noqa: E731
-                             "encoder_attention_mask": e.attention_mask}
-        return as_cond(text), as_cond(empty)
+        return prompt_and_empty_conds(self.text_encoder, prompts, self.unet.dtype)
 
     def _eps_with_cond(self, z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return self.unet(z.to(self.unet.dtype), t, **cond).sample.float()
