@@ -36,7 +36,7 @@ from ..tasks.video import interpolation_condition
 from ..text_encoders import TextEncoder, load_text_encoder
 from ..unet3d import VideoUNet
 from .key_frame import KeyFrameModel, load_image, load_key_frame_model
-from .text_to_image import check_prompts, check_steps, prompt_and_empty_conds, to_output, unet_text_cond
+from .text_to_image import check_prompts, check_steps, cond_eps_model, prompt_and_empty_conds, to_output, unet_text_cond
 
 PIPELINE_FILE = "microcinema.json"
 INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between each pair
@@ -137,13 +137,6 @@ class MicroCinemaPipeline:
                             for chunk in flat.split(batch_size)])
         return rearrange(pixels.clamp(-1, 1), "(b t) c h w -> b t c h w", b=latents.shape[0])
 
-    @staticmethod
-    def _eps_model(unet: VideoUNet):
-        def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-            return unet(z.to(unet.dtype), t, **cond).sample.float()
-
-        return eps_with_cond
-
     def _generator(self, generator: torch.Generator | None) -> torch.Generator:
         return generator if generator is not None else torch.Generator().manual_seed(int(torch.seed() % 2**63))
 
@@ -155,7 +148,7 @@ class MicroCinemaPipeline:
         condition = z_key.unsqueeze(2)  # AppearNet input [z_c, ..., z_c]: one frame, broadcast over F
         cond, uncond = {**cond, "condition": condition}, {**uncond, "condition": condition}
         noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator)
-        return sample(cfg_eps_model(self._eps_model(self.video_unet), cond, uncond, scale), noise,
+        return sample(cfg_eps_model(cond_eps_model(self.video_unet), cond, uncond, scale), noise,
                       sampler=self.sampler, num_inference_steps=steps, generator=generator,
                       init_mean=appearance_init_mean(z_key, num_frames, lam, gamma), progress=progress)
 
@@ -171,7 +164,7 @@ class MicroCinemaPipeline:
         condition = interpolation_condition(first, last, n)
         cond = {**unet_text_cond(self.text_encoder.encode([""] * len(first))), "condition": condition}
         noise = torch.randn((len(first), c, n, h, w), generator=generator)
-        middle = sample(cfg_eps_model(self._eps_model(self.interp_unet), cond, cond, 1.0), noise, sampler=self.sampler,
+        middle = sample(cfg_eps_model(cond_eps_model(self.interp_unet), cond, cond, 1.0), noise, sampler=self.sampler,
                         num_inference_steps=steps, generator=generator, progress=progress,
                         init_mean=(lam + gamma) * condition)[:, :, 1:-1]
         middle = rearrange(middle, "(b f) c m h w -> b c f m h w", b=b)

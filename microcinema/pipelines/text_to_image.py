@@ -81,6 +81,15 @@ def prompt_and_empty_conds(text_encoder: TextEncoder, prompts: list[str], dtype:
             unet_text_cond(text_encoder.encode([""] * len(prompts)), dtype))
 
 
+def cond_eps_model(unet: Any):
+    """A diffusers-style U-Net (2D or :class:`~microcinema.unet3d.VideoUNet`) as the guidance module's
+    ``eps_model_with_cond(z, t, cond)``, ``cond`` being the U-Net's keyword arguments."""
+    def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        return unet(z.to(unet.dtype), t, **cond).sample.float()
+
+    return eps_with_cond
+
+
 def _is_unet2d(folder: Path) -> bool:
     config = folder / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("_class_name") == "UNet2DConditionModel"
@@ -145,9 +154,6 @@ class TextToImagePipeline:
     def encode_prompt(self, prompts: list[str]) -> tuple[dict, dict]:
         return prompt_and_empty_conds(self.text_encoder, prompts, self.unet.dtype)
 
-    def _eps_with_cond(self, z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        return self.unet(z.to(self.unet.dtype), t, **cond).sample.float()
-
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], *, num_inference_steps: int = 25, guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, sampler: str | None = None, num_images_per_prompt: int = 1,
@@ -162,7 +168,7 @@ class TextToImagePipeline:
         cond, uncond = self.encode_prompt(prompts)
         noise = torch.randn((len(prompts), *self.latent_shape), generator=generator,
                             device=generator.device if generator is not None else "cpu")
-        latents = sample(cfg_eps_model(self._eps_with_cond, cond, uncond, scale), noise, sampler=sampler,
+        latents = sample(cfg_eps_model(cond_eps_model(self.unet), cond, uncond, scale), noise, sampler=sampler,
                          num_inference_steps=steps, generator=generator, progress=progress)
         if output_type == "latent":
             return ImagePipelineOutput(latents)
