@@ -121,3 +121,29 @@ def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encode
     assert main(["generate", "a red circle", "--out", str(tmp_path / "v.avi"), "--model", str(folder)]) == 2
     assert main(["generate", "a red circle", "--out", str(out), "--model", str(folder), "--frames", "10"]) == 2
     assert "num_frames must be an odd number" in capsys.readouterr().err
+
+
+def test_output_reports_seconds_per_stage(pipeline):
+    out = pipeline("a red circle moving left", num_inference_steps=1, progress=False,
+                   generator=torch.Generator().manual_seed(0))
+    assert list(out.timings) == ["key_frame", "base", "interpolation", "decode"]
+    assert all(seconds > 0 for seconds in out.timings.values())
+    latent = pipeline("a red circle", num_inference_steps=1, progress=False, interpolate=False, output_type="latent")
+    assert list(latent.timings) == ["key_frame", "base"]
+
+
+def test_stage_two_evaluation_judges_every_video(pipeline, tmp_path):
+    from microcinema.eval.stage_one import domain_prompts
+    from microcinema.eval.stage_two import evaluate_mode, psnr, write_report
+
+    specs = domain_prompts(4, seed=5)  # 3 training combinations, 1 held out
+    metrics, base, rows = evaluate_mode(pipeline, specs, "animate", steps=1, batch_size=3, seed=0, interpolate=True)
+    assert base.shape == (4, 9, 16, 16, 3) and len(rows) == 4 and metrics["frames"] == 33
+    assert metrics["against_prompt"]["all"]["n"] == 4 and metrics["against_prompt"]["heldout_combos"]["n"] == 1
+    for key in ("motion", "colour_every_frame", "object_every_frame"):
+        assert 0.0 <= metrics["against_prompt"]["all"][key] <= 1.0
+    assert all(np.isfinite(r["centre_psnr"]) for r in rows)
+    write_report(tmp_path, {"command": "--out x", "modes": {"animate": metrics}})
+    assert "| all | 4 |" in (tmp_path / "report.md").read_text()
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    assert psnr(image, image) == float("inf") and psnr(image, 255 - image) < 10

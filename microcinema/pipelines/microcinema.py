@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,14 @@ INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between ea
 class VideoPipelineOutput:
     """``frames``: (B, T, H, W, 3) uint8 for ``"np"``, (B, T, 3, H, W) in [-1, 1] for ``"pt"``, or latents
     (B, C, T, h, w) for ``"latent"``; ``key_frames`` (B, 3, H, W) in [-1, 1]; ``fps`` of the frames;
-    ``notes``: what was done to a user's image."""
+    ``notes``: what was done to a user's image; ``timings``: seconds per stage (key_frame, base,
+    interpolation, decode)."""
 
     frames: Any
     key_frames: torch.Tensor
     fps: float
     notes: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class MicroCinemaPipeline:
@@ -202,6 +205,12 @@ class MicroCinemaPipeline:
         generator = self._generator(generator)
         size, notes = self.image_size, []
         stages = tqdm(total=3 if interpolate else 2, desc="MicroCinema", unit="stage", disable=not progress)
+        timings, clock = {}, time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name], clock = now - clock, now
 
         stages.set_postfix_str("key frame")
         if image is None:
@@ -213,21 +222,25 @@ class MicroCinemaPipeline:
             loaded = [load_image(im, size) for im in images]
             key_frames = torch.stack([t for t, _ in loaded])
             notes = sorted({n for _, ns in loaded for n in ns})
+        lap("key_frame")
         stages.update()
 
         stages.set_postfix_str("image&text-to-video")
         latents = self.generate_base(prompts, self.encode_images(key_frames), num_frames, steps=steps, scale=scale,
                                      generator=generator, lam=lam, gamma=gamma, progress=False)
         fps = self.base_fps
+        lap("base")
         stages.update()
         if interpolate:
             stages.set_postfix_str("interpolation x4")
             latents = self.interpolate(latents, steps=steps, generator=generator, lam=lam, gamma=gamma, progress=False)
             fps = self.base_fps * INTERPOLATION_FACTOR
+            lap("interpolation")
             stages.update()
         stages.close()
         if output_type == "latent":
-            return VideoPipelineOutput(latents, key_frames, fps, notes)
+            return VideoPipelineOutput(latents, key_frames, fps, notes, timings)
         pixels = self.decode_latents(latents)
         frames = pixels if output_type == "pt" else np.stack([to_output(v, "np") for v in pixels])
-        return VideoPipelineOutput(frames, key_frames, fps, notes)
+        lap("decode")
+        return VideoPipelineOutput(frames, key_frames, fps, notes, timings)
