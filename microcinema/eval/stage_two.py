@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ from .judge import accuracy_table, default_object_classifier, judge_video
 from .stage_one import domain_prompts
 
 MODES = ("animate", "generate")
+#: PSNR of a frame identical to the key frame is infinite; averages over frames cap it here (dB).
+PSNR_CAP = 100.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,32 +47,70 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def evaluate_mode(pipe: MicroCinemaPipeline, specs: list, mode: str, *, steps: int, batch_size: int, seed: int,
-                  interpolate: bool) -> tuple[dict, np.ndarray, list[dict]]:
-    """Generate one video per spec and judge it; returns (metrics, base frames (N, 9, H, W, 3), per-video rows)."""
+@dataclass
+class GeneratedVideos:
+    """Videos of one evaluation run: ``videos`` (N, T, H, W, 3) uint8 as generated (33 frames at 8 fps when
+    interpolated), ``keys`` (N, H, W, 3) uint8 key frames, ``base_fps`` of the base model, ``stride`` between
+    base frames in ``videos`` and the wall-clock ``seconds`` spent generating."""
+
+    videos: np.ndarray
+    keys: np.ndarray
+    base_fps: float
+    stride: int
+    seconds: float
+
+    @property
+    def base(self) -> np.ndarray:
+        """The base frames (N, F, H, W, 3) at ``base_fps`` (the key frame is the centre one)."""
+        return self.videos[:, ::self.stride]
+
+    @property
+    def fps(self) -> float:
+        return self.base_fps * self.stride
+
+
+def truth_key_frames(specs: Sequence) -> list[Image.Image]:
+    """The ground-truth key frames of clip specs: each clip's rendered centre frame (stage two measured alone)."""
+    return [Image.fromarray(render_frame(s, s.num_frames // 2)) for s in specs]
+
+
+def iter_videos(pipe: MicroCinemaPipeline, prompts: Sequence[str], *, images: Sequence | None = None,
+                num_frames: int = 9, steps: int, batch_size: int, seed: int, interpolate: bool,
+                desc: str = "videos") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Generate in batches (batch ``i`` seeded ``seed + i * batch_size``), yielding ``(frames, key frames)``
+    uint8 per batch, so callers can measure features as they go instead of holding every video."""
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        batch = list(prompts[start:start + batch_size])
+        out = pipe(batch, image=None if images is None else list(images[start:start + batch_size]),
+                   num_frames=num_frames, num_inference_steps=steps,
+                   generator=torch.Generator().manual_seed(seed + start), interpolate=interpolate, progress=False)
+        keys = np.stack([((k.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+                         for k in out.key_frames])
+        yield out.frames, keys
+
+
+def generate_videos(pipe: MicroCinemaPipeline, specs: list, mode: str, *, steps: int, batch_size: int, seed: int,
+                    interpolate: bool) -> GeneratedVideos:
+    """One video per spec: key frame from stage one (``generate``) or the clip's centre frame (``animate``)."""
+    images = truth_key_frames(specs) if mode == "animate" else None
+    started = time.time()
+    batches = list(iter_videos(pipe, [s.caption for s in specs], images=images, num_frames=specs[0].num_frames,
+                               steps=steps, batch_size=batch_size, seed=seed, interpolate=interpolate,
+                               desc=f"{mode} videos"))
+    return GeneratedVideos(np.concatenate([v for v, _ in batches]), np.concatenate([k for _, k in batches]),
+                           pipe.base_fps, INTERPOLATION_FACTOR if interpolate else 1, time.time() - started)
+
+
+def judge_videos(specs: list, generated: GeneratedVideos, mode: str, *, steps: int) -> tuple[dict, np.ndarray, list[dict]]:
+    """Judge generated videos against their specs; returns (metrics, base frames (N, F, H, W, 3), per-video rows)."""
     classifier = default_object_classifier()
-    videos, keys, started = [], [], time.time()
-    for start in tqdm(range(0, len(specs), batch_size), desc=f"{mode} videos", unit="batch"):
-        batch = specs[start:start + batch_size]
-        images = None
-        if mode == "animate":
-            images = [Image.fromarray(render_frame(s, s.num_frames // 2)) for s in batch]
-        out = pipe([s.caption for s in batch], image=images, num_frames=batch[0].num_frames,
-                   num_inference_steps=steps, generator=torch.Generator().manual_seed(seed + start),
-                   interpolate=interpolate, progress=False)
-        videos.append(out.frames)
-        keys.append(np.stack([((k.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-                              for k in out.key_frames]))
-    seconds = time.time() - started
-    videos, keys = np.concatenate(videos), np.concatenate(keys)
-    stride = INTERPOLATION_FACTOR if interpolate else 1
-    fps = pipe.base_fps * stride
-    base = videos[:, ::stride]
+    videos, keys, stride, seconds = generated.videos, generated.keys, generated.stride, generated.seconds
+    base = generated.base
     centre = base.shape[1] // 2
     base_pairs, full_pairs, key_pairs, rows = [], [], [], []
     for spec, video, key in zip(specs, videos, keys):
-        on_base = judge_video(video[::stride], fps=pipe.base_fps, classifier=classifier)
-        on_full = judge_video(video, fps=fps, colour=spec.colour, object=spec.object, classifier=classifier)
+        on_base = judge_video(video[::stride], fps=generated.base_fps, classifier=classifier)
+        on_full = judge_video(video, fps=generated.fps, colour=spec.colour, object=spec.object, classifier=classifier)
         key_judged = judge_video(key[None], classifier=classifier)
         base_pairs.append((on_base, spec))
         full_pairs.append((on_full, spec))
@@ -80,13 +121,14 @@ def evaluate_mode(pipe: MicroCinemaPipeline, specs: list, mode: str, *, steps: i
                      "colour_kept": on_full.colour_fraction(spec.colour),
                      "object_kept": on_full.object_fraction(spec.object),
                      "key_frame": [key_judged.colour, key_judged.object],
-                     "centre_psnr": psnr(video[centre * stride], key)})
+                     "centre_psnr": psnr(video[centre * stride], key),
+                     "mean_psnr": float(np.mean([min(psnr(frame, key), PSNR_CAP) for frame in video]))})
     split = lambda pairs, name: [p for p, s in zip(pairs, specs) if s.split == name]  # noqa: E731
     every = lambda pairs: {k: v for k, v in accuracy_table(pairs).items()  # noqa: E731
                            if k in ("n", "found", "motion", "colour_every_frame", "object_every_frame")}
     psnrs = np.array([r["centre_psnr"] for r in rows])
     metrics = {
-        "mode": mode, "num": len(specs), "steps": steps, "interpolate": interpolate, "frames": int(videos.shape[1]),
+        "mode": mode, "num": len(specs), "steps": steps, "interpolate": stride > 1, "frames": int(videos.shape[1]),
         "seconds_generating": round(seconds, 1), "seconds_per_video": round(seconds / len(specs), 2),
         "against_prompt": {"all": every(full_pairs), "train_combos": every(split(full_pairs, "train")),
                            "heldout_combos": every(split(full_pairs, "heldout"))},
@@ -97,8 +139,17 @@ def evaluate_mode(pipe: MicroCinemaPipeline, specs: list, mode: str, *, steps: i
                                 if k in ("colour_every_frame", "object_every_frame")},
         "centre_frame_psnr_db": {"median": float(np.median(psnrs)), "mean": float(np.mean(psnrs)),
                                  "min": float(np.min(psnrs)), "fraction_at_least_25": float(np.mean(psnrs >= 25))},
+        "all_frames_psnr_db": {"mean": float(np.mean([r["mean_psnr"] for r in rows]))},
     }
     return metrics, base, rows
+
+
+def evaluate_mode(pipe: MicroCinemaPipeline, specs: list, mode: str, *, steps: int, batch_size: int, seed: int,
+                  interpolate: bool) -> tuple[dict, np.ndarray, list[dict]]:
+    """Generate one video per spec and judge it; returns (metrics, base frames (N, 9, H, W, 3), per-video rows)."""
+    generated = generate_videos(pipe, specs, mode, steps=steps, batch_size=batch_size, seed=seed,
+                                interpolate=interpolate)
+    return judge_videos(specs, generated, mode, steps=steps)
 
 
 def write_report(out: Path, results: dict) -> None:

@@ -14,6 +14,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "video": ("microcinema.tasks.video:train_video",
               "the image&text-to-video base model (stage two, AppearNet + noise prior)"),
     "interp": ("microcinema.tasks.video:train_interp", "the x4 temporal interpolation model (stage two)"),
+    "classifier": ("microcinema.tasks.classifier:train", "the domain video classifier (features of the domain FVD)"),
 }
 
 
