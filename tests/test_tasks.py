@@ -107,3 +107,30 @@ def test_stage_two_tasks_train_from_a_t2i_unet(trained_vae, tmp_path, task):
     assert out.shape == z.shape
     record = json.loads((tmp_path / "export" / "training.json").read_text())
     assert record["command"].startswith(f"microcinema train {task}")
+
+
+def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_path):
+    """Phase 2 (configs/video_phase2.yaml): ``init_from`` a VideoUNet folder keeps its weights and settings."""
+    from microcinema.testing import tiny_unet2d
+    from microcinema.unet3d import VideoUNet
+
+    phase1 = VideoUNet.from_pretrained_2d(tiny_unet2d(cross_attention_dim=384, sample_size=16),
+                                          temporal_attention_head_dim=4, injection="add_dec")
+    with torch.no_grad():
+        for p in phase1.parameters():
+            p.add_(0.01)
+    phase1.save_pretrained(tmp_path / "phase1")
+    config = write_config(tmp_path / "p2.yaml", "video_phase2", vae=str(trained_vae / "export"),
+                          init_from=str(tmp_path / "phase1"), data={"num": 4},
+                          train={**TINY_TRAIN, "batch_size": 2, "learning_rate": 1e-9})
+    assert main(["train", "video", "--config", str(config), "--output-dir", str(tmp_path / "run"),
+                 "--export", str(tmp_path / "export")]) == 0
+    model = VideoUNet.from_pretrained(tmp_path / "export").float()
+    assert model.config.injection == "add_dec"  # the phase-1 model's setting, not the config default
+    reference = dict(phase1.named_parameters())
+    for name, p in model.named_parameters():  # learning rate ~0: the weights are phase 1's (up to fp16)
+        assert torch.allclose(p, reference[name], atol=2e-3), name
+    clash = write_config(tmp_path / "clash.yaml", "video_phase2", vae=str(trained_vae / "export"),
+                         init_from=str(tmp_path / "phase1"), model={"injection": "concat"}, data={"num": 4},
+                         train=TINY_TRAIN)
+    assert main(["train", "video", "--config", str(clash), "--output-dir", str(tmp_path / "run2")]) == 2

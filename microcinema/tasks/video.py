@@ -16,6 +16,7 @@ Spatial (inherited 2D) weights learn 10x slower than the new temporal/AppearNet 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticVideoDataset
 from ..diffusion import add_noise, make_training_scheduler, random_timesteps
+from ..errors import MicroCinemaError
 from ..noise_priors import appearance_noise
 from ..trainer import Trainer, condition_dropout_mask
 from .common import build_latent_cache, embedded_path, export_fp16, provenance, require_sections, train_config
@@ -79,10 +81,20 @@ def build_cache(config: dict[str, Any], output_dir: str | Path, vae) -> LatentCa
 
 
 def build_model(config: dict[str, Any]):
+    """The model to train: ``init_from`` a 2D U-Net (inflated: temporal layers and injections at zero), or a
+    trained :class:`VideoUNet` folder (continued training, e.g. a second phase with other learning rates)."""
     from ..unet3d import VideoUNet
 
     source = config.get("init_from", "embedded")
     source = embedded_path("t2i") if source == "embedded" else Path(source)
+    config_file = source / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == VideoUNet.__name__:
+        model = VideoUNet.from_pretrained(source)
+        wanted = {k: v for k, v in config.get("model", {}).items() if model.config.get(k) != v}
+        if wanted:
+            raise MicroCinemaError(f"init_from {source} is a VideoUNet with other settings than the config's "
+                                   f"model section: {wanted}; drop them or start from a 2D U-Net")
+        return model
     return VideoUNet.from_pretrained_2d(source, **config.get("model", {}))
 
 
