@@ -147,3 +147,47 @@ def test_stage_two_evaluation_judges_every_video(pipeline, tmp_path):
     assert "| all | 4 |" in (tmp_path / "report.md").read_text()
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     assert psnr(image, image) == float("inf") and psnr(image, 255 - image) < 10
+
+
+def test_bfloat16_pipeline_runs_and_interpolation_keeps_its_own_prior(minilm_encoder):
+    pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_unet=video_unet(1),
+                               key_frame_model=FixedKeyFrames()).to(dtype=torch.bfloat16)
+    assert pipe.video_unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+    out = pipe("a red circle moving left", num_frames=3, num_inference_steps=1, progress=False,
+               generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.frames.shape == (1, 9, 16, 16, 3)
+    calls = []
+    original = pipe.interpolate
+    pipe.interpolate = lambda latents, **kw: calls.append(kw) or original(latents, **kw)
+    pipe("a red circle", num_frames=3, num_inference_steps=1, progress=False, noise_prior_lambda=0.0,
+         noise_prior_gamma=0.0, output_type="latent")
+    assert calls[0]["lam"] == pipe.interp_noise_prior_lambda == 0.03 and calls[0]["gamma"] == 0.02
+
+
+def test_missing_interpolation_model_is_reported_before_any_work(minilm_encoder):
+    pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, key_frame_model=FixedKeyFrames())
+    with pytest.raises(MicroCinemaError, match="--no-interpolate"):
+        pipe("a red circle", num_inference_steps=1, progress=False)
+
+
+def test_image_condition_is_kept_in_the_unconditional_branch(pipeline):
+    """guidance_scale=0 runs only the unconditional branch (the empty prompt): the key frame must still reach
+    AppearNet there. Without the noise prior the key frame enters only through AppearNet, so two key frames
+    giving two videos means the unconditional branch kept the image condition."""
+    red, blue = (Image.fromarray(np.full((16, 16, 3), c, dtype=np.uint8), "RGB")
+                 for c in ((220, 30, 30), (30, 30, 220)))
+
+    def run(prompt, image):
+        return pipeline(prompt, image=image, guidance_scale=0.0, noise_prior_lambda=0.0, noise_prior_gamma=0.0,
+                        num_inference_steps=2, interpolate=False, output_type="latent", progress=False,
+                        generator=torch.Generator().manual_seed(0)).frames
+
+    with_red = run("a red circle moving left", red)
+    assert (with_red - run("a red circle moving left", blue)).abs().max() > 1e-4
+    # ... and at scale 0 the prompt itself does not matter (only the empty prompt is used)
+    assert torch.equal(with_red, run("a blue star moving up", red))
+
+
+def test_missing_image_file_is_a_clear_error(pipeline):
+    with pytest.raises(MicroCinemaError, match="image not found: does/not/exist.png"):
+        pipeline("a red circle", image="does/not/exist.png", progress=False)

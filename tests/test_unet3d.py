@@ -330,3 +330,104 @@ def test_bad_inputs_raise_one_line_errors(models, unet_dir):
         VideoUNet.from_pretrained_2d(unet_dir, injections="add_dec")
     with pytest.raises(MicroCinemaError, match="cannot load a 2D U-Net"):
         VideoUNet.from_pretrained_2d(unet_dir / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------ structure
+
+
+def test_one_temporal_layer_per_2d_resnet_and_transformer(models, ref2d):
+    """Section 3.1: a temporal conv after every ResNet, a temporal attention after every spatial
+    transformer, counted on the reference 2D U-Net itself (not on the video model's own lists)."""
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    resnets = [n for n, m in ref2d.named_modules() if isinstance(m, ResnetBlock2D)]
+    transformers = [n for n, m in ref2d.named_modules() if isinstance(m, Transformer2DModel)]
+    assert len(resnets) == 8 and len(transformers) == 4  # tiny layout: 2 down + 2 mid + 4 up; 1 + 1 + 2
+    for mode, model in models.items():
+        assert len(model.temporal_convs) == len(resnets), mode
+        assert len(model.temporal_attentions) == len(transformers), mode
+        # one for one: each temporal layer is keyed by the 2D layer it follows
+        assert set(model.temporal_convs) == {n.replace(".", "_") for n in resnets}, mode
+        assert set(model.temporal_attentions) == {n.replace(".", "_") for n in transformers}, mode
+        # and the AppearNet copy's ResNets/transformers get none (AppearNet is frame by frame)
+        inner = [n for n, m in model.named_modules() if isinstance(m, (ResnetBlock2D, Transformer2DModel))]
+        assert len([n for n in inner if n.startswith("unet.")]) == len(resnets) + len(transformers), mode
+
+
+@pytest.fixture(scope="module")
+def deep_unet() -> UNet2DConditionModel:
+    """An SD-like tiny U-Net: 3 levels (2 cross-attention + 1 plain), 2 layers per block (SD has 4 levels, 2)."""
+    return tiny_unet2d(seed=4, block_out_channels=(8, 16, 16), layers_per_block=2)
+
+
+@pytest.mark.parametrize("mode", INJECTION_MODES)
+@torch.no_grad()
+def test_fresh_model_is_the_2d_model_with_two_layers_per_block_and_three_levels(deep_unet, mode):
+    cfg = deep_unet.config
+    assert cfg.layers_per_block == 2 and len(cfg.down_block_types) == 3
+    assert list(cfg.down_block_types) == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    model = VideoUNet.from_pretrained_2d(deep_unet, injection=mode).eval()
+    # skips: conv_in + 2 per level x 3 + 2 downsamplers = 9, + mid; encoder: 2 ResNets x 3 levels
+    expected_points = {"concat": 1, "add_dec": 10, "add_encdec": 16, "add_encdec_spade": 16}[mode]
+    assert model.num_injection_points == expected_points
+    for frames in (FRAMES, 1):
+        x = inputs(frames, seed=1)
+        for mask in (None, MASK):
+            diff = (model(**x, encoder_attention_mask=mask).sample - per_frame_2d(deep_unet, x, mask)).abs().max()
+            assert diff.item() <= TOL, (mode, frames, mask is not None, diff.item())
+    x = inputs(h=7, w=9)  # odd latent sizes: the upsamplers must follow the skips' sizes at two levels
+    out = model(**{**x, "condition": x["condition"][:, :, :1]}).sample
+    assert (out - per_frame_2d(deep_unet, x)).abs().max().item() <= TOL
+
+
+# ------------------------------------------------------------------------------------------------ encoder injection
+
+
+@torch.no_grad()
+def test_encoder_injection_alone_makes_the_output_depend_on_the_condition(models):
+    fresh = models["add_encdec"]
+    enc = [k for k in fresh.injections if k.startswith("enc_")]
+    dec = [k for k in fresh.injections if not k.startswith("enc_")]
+    assert enc == ["enc_down_blocks_0_resnets_0", "enc_down_blocks_1_resnets_0"] and dec
+    assert all(fresh.injections[k].spade is None for k in fresh.injections)  # add_encdec: additive only
+    x = inputs()
+    other = {**x, "condition": torch.randn_like(x["condition"])}
+    # zero-initialised encoder and decoder injections: the condition has no effect
+    assert torch.equal(fresh(**x).sample, fresh(**other).sample)
+
+    model = copy.deepcopy(fresh)
+    for k in enc:
+        perturb(model.injections[k], 0.1)
+    named = dict(model.named_parameters())
+    assert all(named[n].abs().max() == 0 for n in named if n.startswith("injections.dec_") and n.endswith("weight"))
+    assert all(named[n].abs().max() > 0 for n in named if n.startswith("injections.enc_") and n.endswith("weight"))
+    out, out_other = model(**x).sample, model(**other).sample
+    assert (out - out_other).abs().max() > 1e-4
+    # ... and no condition at all is the unconditional 2D path, untouched by the encoder injection
+    assert torch.equal(model(**{**x, "condition": None}).sample, fresh(**{**x, "condition": None}).sample)
+
+
+@torch.no_grad()
+def test_encoder_injection_gets_appearnet_feature_of_the_same_resnet(deep_unet):
+    """Each ``enc_down_blocks_i_resnets_j`` adds AppearNet's output of its own copy of that ResNet (+ attention):
+    skip feature ``1 + sum(layers + downsamplers of earlier levels) + j``. With channels (8, 16, 16) an
+    off-by-one would still have matching shapes, so check which feature arrives."""
+    model = VideoUNet.from_pretrained_2d(deep_unet, injection="add_encdec").eval()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [inj.register_forward_hook(lambda m, args, out, k=k: seen.__setitem__(k, args[1]))
+             for k, inj in model.injections.items() if k.startswith("enc_")]
+    appear: list = []
+    hooks.append(model.appearnet.register_forward_hook(lambda m, args, out: appear.append(out)))
+    try:
+        model(**inputs())
+    finally:
+        for h in hooks:
+            h.remove()
+    skips = appear[0].broadcast(FRAMES).skip_features
+    expected = {"enc_down_blocks_0_resnets_0": 1, "enc_down_blocks_0_resnets_1": 2,  # 3: downsampler
+                "enc_down_blocks_1_resnets_0": 4, "enc_down_blocks_1_resnets_1": 5,  # 6: downsampler
+                "enc_down_blocks_2_resnets_0": 7, "enc_down_blocks_2_resnets_1": 8}
+    assert set(seen) == set(expected)
+    for k, index in expected.items():
+        assert torch.equal(seen[k], skips[index]), k

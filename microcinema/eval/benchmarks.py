@@ -244,11 +244,16 @@ def shapes_metrics(real: np.ndarray, generated: GeneratedVideos, timer: Timer, *
     warping error on the generated videos and the domain FVD against ``real`` (shared with :mod:`.ablations`)."""
     from .metrics import warping_error
 
+    notes = []
     with timer("warping_error"):
-        warp = warping_error(generated.videos)
+        try:
+            warp = warping_error(generated.videos)
+        except MicroCinemaError as error:  # OpenCV is an optional extra: skip the metric, say why
+            warp = None
+            notes.append(f"warping error skipped: {error}")
     with timer("domain_fvd"):
         value, note = domain_fvd_or_note(real, generated.base, domain_model, domain_note)
-    return {"warping_error": warp, "domain_fvd": value, "notes": [note] if note else []}
+    return {"warping_error": warp, "domain_fvd": value, "notes": notes + ([note] if note else [])}
 
 
 def _weighted_metrics(opts: EvalOptions, specs: list, real: np.ndarray, generated: GeneratedVideos,

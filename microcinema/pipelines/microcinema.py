@@ -64,20 +64,24 @@ class MicroCinemaPipeline:
                  interp_unet: VideoUNet | None = None, key_frame_model: KeyFrameModel | str | None = None,
                  text_encoder_name: str = "minilm", base_fps: float = 2.0, sampler: str = "ddim",
                  guidance_scale: float = 5.0, noise_prior_lambda: float = DEFAULT_LAMBDA,
-                 noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17)) -> None:
+                 noise_prior_gamma: float = DEFAULT_GAMMA, interp_noise_prior_lambda: float = DEFAULT_LAMBDA,
+                 interp_noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17)) -> None:
         self.video_unet, self.vae, self.text_encoder = video_unet.eval(), vae.eval(), text_encoder
         self.interp_unet = interp_unet.eval() if interp_unet is not None else None
         self._key_frame_model = key_frame_model
         self.text_encoder_name, self.base_fps, self.sampler = text_encoder_name, base_fps, sampler
         self.guidance_scale = guidance_scale
         self.noise_prior_lambda, self.noise_prior_gamma = noise_prior_lambda, noise_prior_gamma
+        # the interpolation model's own prior (the lambda it was trained with): not changed by call overrides
+        self.interp_noise_prior_lambda, self.interp_noise_prior_gamma = interp_noise_prior_lambda, interp_noise_prior_gamma
         self.num_frames_range = tuple(num_frames_range)
 
     # ------------------------------------------------------------------ loading and saving
     def _settings(self) -> dict[str, Any]:
         return {"text_encoder": self.text_encoder_name, "base_fps": self.base_fps, "sampler": self.sampler,
                 "guidance_scale": self.guidance_scale, "noise_prior_lambda": self.noise_prior_lambda,
-                "noise_prior_gamma": self.noise_prior_gamma, "num_frames_range": list(self.num_frames_range)}
+                "noise_prior_gamma": self.noise_prior_gamma, "interp_noise_prior_lambda": self.interp_noise_prior_lambda,
+                "interp_noise_prior_gamma": self.interp_noise_prior_gamma, "num_frames_range": list(self.num_frames_range)}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32,
@@ -125,18 +129,31 @@ class MicroCinemaPipeline:
         return self._key_frame_model
 
     @property
+    def device(self) -> torch.device:
+        return self.video_unet.device
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MicroCinemaPipeline":
+        """Move (and cast) the U-Nets and the VAE, as diffusers' ``pipe.to("cuda", torch.float16)``. The text
+        encoder's outputs and the key frames (from whatever device stage one runs on) are moved where used."""
+        for module in (self.video_unet, self.interp_unet, self.vae):
+            if module is not None:
+                module.to(device=device, dtype=dtype)
+        return self
+
+    @property
     def image_size(self) -> int:
         return self.video_unet.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode().float() * self.vae.config.scaling_factor
+        latents = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist.mode().float()
+        return latents * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """(B, C, T, h, w) latents -> (B, T, 3, H, W) pixels in [-1, 1]."""
         flat = rearrange(latents, "b c t h w -> (b t) c h w") / self.vae.config.scaling_factor
-        pixels = torch.cat([self.vae.decode(chunk.to(self.vae.dtype)).sample.float()
+        pixels = torch.cat([self.vae.decode(chunk.to(self.vae.device, self.vae.dtype)).sample.float()
                             for chunk in flat.split(batch_size)])
         return rearrange(pixels.clamp(-1, 1), "(b t) c h w -> b t c h w", b=latents.shape[0])
 
@@ -150,7 +167,8 @@ class MicroCinemaPipeline:
         cond, uncond = prompt_and_empty_conds(self.text_encoder, prompts)
         condition = z_key.unsqueeze(2)  # AppearNet input [z_c, ..., z_c]: one frame, broadcast over F
         cond, uncond = {**cond, "condition": condition}, {**uncond, "condition": condition}
-        noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator)
+        noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator,
+                            device=generator.device).to(z_key.device)
         return sample(cfg_eps_model(cond_eps_model(self.video_unet), cond, uncond, scale), noise,
                       sampler=self.sampler, num_inference_steps=steps, generator=generator,
                       init_mean=appearance_init_mean(z_key, num_frames, lam, gamma), progress=progress)
@@ -166,7 +184,7 @@ class MicroCinemaPipeline:
         n = INTERPOLATION_FACTOR + 1
         condition = interpolation_condition(first, last, n)
         cond = {**unet_text_cond(self.text_encoder.encode([""] * len(first))), "condition": condition}
-        noise = torch.randn((len(first), c, n, h, w), generator=generator)
+        noise = torch.randn((len(first), c, n, h, w), generator=generator, device=generator.device).to(latents.device)
         middle = sample(cfg_eps_model(cond_eps_model(self.interp_unet), cond, cond, 1.0), noise, sampler=self.sampler,
                         num_inference_steps=steps, generator=generator, progress=progress,
                         init_mean=(lam + gamma) * condition)[:, :, 1:-1]
@@ -200,6 +218,8 @@ class MicroCinemaPipeline:
         check(scale >= 0, f"guidance_scale must be >= 0 (1 = no guidance), got {scale}")
         check(output_type in ("np", "pt", "latent"), f"unknown output_type {output_type!r}: allowed are np, pt, latent")
         check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}: allowed are {', '.join(SAMPLERS)}")
+        check(not interpolate or self.interp_unet is not None,
+              "this pipeline has no interpolation model: pass interpolate=False (CLI: --no-interpolate)")
         lam = self.noise_prior_lambda if noise_prior_lambda is None else noise_prior_lambda
         gamma = self.noise_prior_gamma if noise_prior_gamma is None else noise_prior_gamma
         generator = self._generator(generator)
@@ -233,7 +253,8 @@ class MicroCinemaPipeline:
         stages.update()
         if interpolate:
             stages.set_postfix_str("interpolation x4")
-            latents = self.interpolate(latents, steps=steps, generator=generator, lam=lam, gamma=gamma, progress=False)
+            latents = self.interpolate(latents, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
+                                       gamma=self.interp_noise_prior_gamma, progress=False)
             fps = self.base_fps * INTERPOLATION_FACTOR
             lap("interpolation")
             stages.update()

@@ -85,7 +85,10 @@ def cond_eps_model(unet: Any):
     """A diffusers-style U-Net (2D or :class:`~microcinema.unet3d.VideoUNet`) as the guidance module's
     ``eps_model_with_cond(z, t, cond)``, ``cond`` being the U-Net's keyword arguments."""
     def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        return unet(z.to(unet.dtype), t, **cond).sample.float()
+        # the U-Net's dtype and device for every float input (text states, AppearNet condition); masks keep theirs
+        cast = {k: v.to(unet.device, unet.dtype) if torch.is_tensor(v) and v.is_floating_point()
+                else v.to(unet.device) if torch.is_tensor(v) else v for k, v in cond.items()}
+        return unet(z.to(unet.device, unet.dtype), t.to(unet.device), **cast).sample.float().to(z.device)
 
     return eps_with_cond
 
