@@ -28,3 +28,40 @@ def test_shipped_text_to_image_model_follows_colour_and_shape():
     images = pipe(prompts, num_inference_steps=25, generator=torch.Generator().manual_seed(0), output_type="np").images
     judged = judge_frames(np.asarray(images), default_object_classifier())
     assert [(j.colour, j.object) for j in judged] == [("red", "circle"), ("blue", "square"), ("yellow", "triangle")]
+
+
+def _still_key_frame(colour: str, obj: str):
+    """A ground-truth key frame of the domain: ``obj`` in ``colour``, centred, mid-size, black background."""
+    from microcinema.data.synthetic import sample_clip, render_frame
+
+    for index in range(2000):
+        spec = sample_clip(index, seed=3, split="train", num_frames=9, fps=2.0)
+        if (spec.colour, spec.object, spec.motion, spec.background) == (colour, obj, "still", "black"):
+            return render_frame(spec, 4)
+    raise AssertionError("no such clip in the first 2000")
+
+
+def test_shipped_video_model_animates_a_key_frame_keeping_its_colour_and_object():
+    """Issue 4 (what holds today): the shipped base model keeps a shape key frame's colour and object in every
+    base frame, and the text steers the video (left and right prompts give different videos)."""
+    from PIL import Image
+
+    from microcinema.eval.judge import judge_video
+    from microcinema.pipelines.microcinema import MicroCinemaPipeline
+
+    pipe = MicroCinemaPipeline.embedded()
+    key = Image.fromarray(_still_key_frame("red", "circle"))
+    out = pipe(["a red circle moving left", "a red circle moving right"], image=[key] * 2, num_inference_steps=25,
+               interpolate=False, progress=False, generator=torch.Generator().manual_seed(0))
+    judged = [judge_video(video, fps=2.0, classifier=default_object_classifier()) for video in out.frames]
+    assert all(j.colour_fraction("red") == 1.0 and j.object_fraction("circle") == 1.0 for j in judged)
+    assert np.abs(out.frames[0].astype(int) - out.frames[1].astype(int)).mean() > 1.0
+
+
+def test_generate_cli_writes_33_frames_at_8_fps(tmp_path):
+    from microcinema.cli import main
+    from microcinema.video_io import probe_video
+
+    assert main(["generate", "a blue square moving right", "--out", str(tmp_path / "v.mp4"), "--steps", "4"]) == 0
+    info = probe_video(tmp_path / "v.mp4")
+    assert info.num_frames == 33 and abs(info.fps - 8.0) < 1e-6
