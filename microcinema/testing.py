@@ -160,3 +160,23 @@ __all__ = [
     "tiny_unet2d_config",
     "tiny_vae",
 ]
+
+
+def make_tiny_clip_model(path: str | Path, num_hidden_layers: int = 2, seed: int = 0) -> Path:
+    """Save a tiny random transformers ``CLIPModel`` folder (model, tokenizer, image processor; 32x32 images)
+    at ``path``, the layout :class:`~microcinema.eval.metrics.clip_score.ClipScorer` loads."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from .eval.metrics.clip_score import _image_processor_class
+
+    path = Path(path)
+    tok = tiny_clip_tokenizer()
+    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=num_hidden_layers, num_attention_heads=4)
+    text = dict(vocab_size=len(tok), max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **layers)
+    vision = dict(image_size=32, patch_size=8, **layers)
+    torch.manual_seed(seed)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
+    tok.save_pretrained(path)
+    _image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path

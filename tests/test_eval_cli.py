@@ -75,22 +75,9 @@ def test_shapes_truth_key_frames_and_missing_classifier(pipeline_dir, tmp_path):
 
 
 def test_msrvtt_clipsim_with_a_tiny_clip(pipeline_dir, tmp_path):
-    from transformers import CLIPConfig, CLIPModel
+    from microcinema.testing import make_tiny_clip_model
 
-    from microcinema.eval.metrics.clip_score import _image_processor_class
-    from microcinema.testing import tiny_clip_tokenizer
-
-    tok = tiny_clip_tokenizer()
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4, image_size=32,
-                  patch_size=8)
-    torch.manual_seed(0)
-    clip = tmp_path / "clip"
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(clip)
-    tok.save_pretrained(clip)
-    _image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(clip)
+    clip = make_tiny_clip_model(tmp_path / "clip", num_hidden_layers=1)
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps({"sentences": [{"video_id": "video1", "caption": "a man is cooking"},
                                                   {"video_id": "video1", "caption": "someone cooks"},

@@ -180,24 +180,9 @@ def test_inception_weights(tmp_path: Path, inception: InceptionFeatureExtractor)
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPConfig, CLIPModel
+    from microcinema.testing import make_tiny_clip_model
 
-    from microcinema.eval.metrics.clip_score import _image_processor_class
-    from microcinema.testing import tiny_clip_tokenizer
-
-    tok = tiny_clip_tokenizer()
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=8)
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
-    path = tmp_path_factory.mktemp("tiny_clip")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    _image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+    return make_tiny_clip_model(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")
