@@ -55,6 +55,9 @@ def test_ablations_end_to_end_and_resume(tiny_setup, monkeypatch, capsys):
     assert md.count("held here?") >= 3 and "508.56" in md and "692 to 508" in md
     assert "trained 2 steps at batch 2 on 4 procedural clips" in md
     assert "python -m microcinema.eval.ablations --out" in md and "not measured" not in md
+    noise = results["sampling_noise"]  # the reference row again with the next sampling seed
+    assert noise["rows"][0]["domain_fvd"] == results["tables"][0]["rows"][-1]["domain_fvd"]  # seed 0: reused
+    assert noise["rows"][0]["domain_fvd"] != noise["rows"][1]["domain_fvd"] and "Sampling noise: " in md
 
     # second run: every variant and every evaluation is reused
     calls = {"train": 0, "generate": 0}

@@ -180,18 +180,22 @@ def train_variant(out: Path, variant: Variant, config: dict[str, Any], shared_ca
 
 
 def evaluate(setting: Setting, weights: Path, parts: dict[str, Any], budget: Budget, fingerprint: str,
-             out: Path) -> dict[str, Any]:
-    """One row, measured or read back from ``out/evals`` when measured before with the same settings."""
-    path = out / "evals" / f"{setting.key}.json"
+             out: Path, sampling_seed: int | None = None) -> dict[str, Any]:
+    """One row, measured or read back from ``out/evals`` when measured before with the same settings.
+    ``sampling_seed``: another sampling seed than the budget's (to measure the rows' sampling noise)."""
+    seed = budget.seed if sampling_seed is None else sampling_seed
+    suffix = "" if seed == budget.seed else f"_sampling_seed{seed}"
+    path = out / "evals" / f"{setting.key}{suffix}.json"
     key = json.dumps({"train": fingerprint, "gamma": setting.gamma, "steps": setting.steps, "seed": budget.seed,
-                      "num_samples": budget.num_samples, "domain_classifier": parts["classifier_path"]}, sort_keys=True)
+                      "num_samples": budget.num_samples, "domain_classifier": parts["classifier_path"]}
+                     | ({"sampling_seed": seed} if suffix else {}), sort_keys=True)
     if path.is_file() and json.loads(path.read_text()).get("key") == key:
         return json.loads(path.read_text())["row"]
     pipe = MicroCinemaPipeline(VideoUNet.from_pretrained(weights).float(), parts["vae"], parts["text_encoder"],
                                noise_prior_lambda=setting.variant.lam, noise_prior_gamma=setting.gamma)
     specs = parts["specs"]
     generated = generate_videos(pipe, specs, "animate", steps=setting.steps, batch_size=budget.eval_batch_size,
-                                seed=budget.seed, interpolate=False)
+                                seed=seed, interpolate=False)
     timer = Timer()
     judged, _, _ = judge_videos(specs, generated, "animate", steps=setting.steps)
     extra = shapes_metrics(parts["real"], generated, timer, domain_model=parts["classifier"], domain_note=parts["note"])
@@ -273,6 +277,12 @@ def run_ablations(out: Path, budget: Budget, *, domain_classifier: str | None = 
         held = held_column(table, rows, metric)
         results["tables"].append({k: v for k, v in table.items() if k != "rows"} | {
             "metric": metric, "rows": [{"label": label, **row, "held": held[label]} for label, row in rows.items()]})
+    # sampling noise: the paper's setting again with the next sampling seed (same model, prompts and steps)
+    ref = Setting(Variant("add_encdec_spade", LAMBDA), GAMMA, budget.sample_steps)
+    fingerprint = _fingerprint(configs[ref.variant])
+    results["sampling_noise"] = {"setting": ref.key, "seeds": [budget.seed, budget.seed + 1], "rows": [
+        evaluate(ref, weights[ref.variant], parts, budget, fingerprint, out, sampling_seed=seed)
+        for seed in (budget.seed, budget.seed + 1)]}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(out, results, base)
     return results
@@ -291,6 +301,14 @@ def write_markdown(out: Path, results: dict[str, Any], config: dict[str, Any]) -
              f"{b['sample_steps']} steps unless the row says otherwise. Training in this run: "
              f"{results['train_minutes_this_run']} min (variants trained before are reused).", ""]
     lines += [f"Note: {n}" for n in results["notes"]] + ([""] if results["notes"] else [])
+    noise = results.get("sampling_noise")
+    if noise:
+        first, again = noise["rows"]
+        changes = ", ".join(f"{METRICS[k][0]} {format(first[k], METRICS[k][2])} -> {format(again[k], METRICS[k][2])}"
+                            for k in METRICS if first[k] is not None and again[k] is not None)
+        lines += [f"Sampling noise: the same model ({noise['setting']}) and prompts with sampling seed "
+                  f"{noise['seeds'][1]} instead of {noise['seeds'][0]}: {changes}. Differences between rows of that "
+                  "size are not meaningful.", ""]
     for t in results["tables"]:
         title, higher, _ = METRICS[t["metric"]]
         lines += [f"## {t['title']}", "", t["paper"], "",

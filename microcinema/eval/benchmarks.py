@@ -456,7 +456,10 @@ def run_benchmark(opts: EvalOptions, *, pipe: MicroCinemaPipeline | None = None,
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
-    return "not measured" if value is None else format(value, spec)
+    """A number formatted, ``None`` as "not measured", a text (a note in place of a value) as it is."""
+    if value is None:
+        return "not measured"
+    return value if isinstance(value, str) else format(value, spec)
 
 
 def metric_rows(m: dict[str, Any]) -> list[tuple[str, str]]:

@@ -181,3 +181,10 @@ def resize_short_side_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 def chunks(n: int, batch_size: int) -> list[slice]:
     check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def progress(items: Sequence, desc: str, unit: str = "batch"):
+    """A progress bar over ``items`` (closed when done); silent for a single item."""
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, leave=False, disable=len(items) < 2)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ...errors import MicroCinemaError, check
 from ...video_io import to_uint8_frames
-from ._common import Clips, PathLike, chunks, clip_list, default_device
+from ._common import Clips, PathLike, chunks, clip_list, default_device, progress
 
 CLIP_FOLDER = ("a local transformers CLIPModel folder (config.json, model weights, tokenizer files, "
                "preprocessor_config.json), e.g. a download of openai/clip-vit-base-patch32")
@@ -78,7 +78,7 @@ class ClipScorer:
         ``(T, 3, H, W)`` in ``[-1, 1]``."""
         frames = to_uint8_frames(frames)
         out = []
-        for part in chunks(frames.shape[0], self.batch_size):
+        for part in progress(chunks(frames.shape[0], self.batch_size), "CLIP image features"):
             pixels = self.processor(images=list(frames[part]), return_tensors="pt",
                                     input_data_format="channels_last")["pixel_values"]
             pooled = self.model.vision_model(pixel_values=pixels.to(self.device)).pooler_output

@@ -26,7 +26,7 @@ from torch import nn
 
 from ...errors import check
 from ._common import (ArrayLike, PathLike, check_pixels, chunks, default_device, load_into, load_state_dict,
-                      random_init, resize_short_side_center_crop, resolve_weights, to_float)
+                      progress, random_init, resize_short_side_center_crop, resolve_weights, to_float)
 
 #: Fewest frames a clip may have: the I3D stem, three temporal poolings and the final ``2``-frame average
 #: pool need at least 9; FVD code (e.g. StyleGAN-V's) asks for 10.
@@ -179,7 +179,7 @@ class I3DFeatureExtractor:
         check(videos.shape[1] >= MIN_FRAMES,
               f"I3D videos: {videos.shape[1]} frames per clip; FVD's I3D needs at least {MIN_FRAMES} (16 is standard)")
         out = []
-        for part in chunks(videos.shape[0], self.batch_size):
+        for part in progress(chunks(videos.shape[0], self.batch_size), "I3D features"):
             x = self.preprocess(to_float(videos[part], "I3D videos")).to(self.device)
             logits, pooled = self.model(x)
             out.append((logits if self.layer == "logits" else pooled).double().cpu().numpy())

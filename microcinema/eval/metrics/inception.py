@@ -21,7 +21,7 @@ from torch import nn
 
 from ...errors import check
 from ._common import (ArrayLike, PathLike, check_pixels, chunks, default_device, load_into, load_state_dict,
-                      random_init, resolve_weights, to_float)
+                      progress, random_init, resolve_weights, to_float)
 
 INCEPTION_WEIGHTS = "pytorch-fid's Inception state dict, pt_inception-2015-12-05-6726825d.pth (.pth/.safetensors)"
 #: Smallest input the stride-2 stem and reductions accept.
@@ -237,7 +237,7 @@ class InceptionFeatureExtractor:
             images = rearrange(images, "n t ... -> (n t) ...")
         images = check_pixels(images, "N", "Inception images")
         pools, logits = [], []
-        for part in chunks(images.shape[0], self.batch_size):
+        for part in progress(chunks(images.shape[0], self.batch_size), "Inception features"):
             pool, logit = self.model(self.preprocess(to_float(images[part], "Inception images")).to(self.device))
             pools.append(pool.double().cpu().numpy())
             logits.append(logit.double().cpu().numpy())

@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import MicroCinemaError, check
 from ...video_io import to_uint8_frames
-from ._common import Clips, clip_list
+from ._common import Clips, clip_list, progress
 
 FLOW_METHODS = ("dis", "farneback")
 
@@ -102,7 +102,7 @@ def warping_error(videos: Clips, *, method: str = "dis", motion_boundaries: bool
     flow_clips = clips if flow_videos is None else [to_uint8_frames(c) for c in clip_list(flow_videos)]
     check(len(flow_clips) == len(clips), f"warping_error: {len(clips)} videos but {len(flow_clips)} flow videos")
     scores = []
-    for clip, flow_clip in zip(clips, flow_clips):
+    for clip, flow_clip in progress(list(zip(clips, flow_clips)), "warping error", unit="video"):
         check(clip.shape[0] >= 2, f"warping_error: a clip has {clip.shape[0]} frame; need at least 2")
         check(flow_clip.shape == clip.shape, f"warping_error: flow video {flow_clip.shape} != video {clip.shape}")
         scores.append(_clip_error(clip, flow_clip, method, motion_boundaries, pixel_max))
