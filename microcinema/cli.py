@@ -248,6 +248,9 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, help="text guidance (>= 0; default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
+    parser.add_argument("--no-pin-key-frame", action="store_true",
+                        help="let the model redraw the key frame too (the paper's sampling; default: the key frame is "
+                             "kept exactly as the centre frame, microcinema.replacement)")
     parser.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of the frames")
 
 
@@ -288,7 +291,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     pipeline.check_num_frames(args.frames)
     out = pipeline(args.prompt, image=args.image, num_frames=args.frames, num_inference_steps=args.steps,
                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
-                   interpolate=not args.no_interpolate)
+                   interpolate=not args.no_interpolate, pin_key_frame=False if args.no_pin_key_frame else None)
     for note in out.notes:
         print(f"microcinema: note: your image was {note}", file=sys.stderr)
     write_video(args.out, out.frames[0], out.fps)

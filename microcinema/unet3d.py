@@ -109,20 +109,29 @@ class TemporalAttention(nn.Module):
 
     ``x + Attn(LN(x) + PE(frame))``: tokens are the ``F`` frames of one pixel, ``PE`` is a sinusoidal frame
     position encoding. The output projection is zero-initialised, so the layer is the identity at init.
+
+    ``text_dim`` (an extension, not in the paper; ``VideoUNet(temporal_text=True)``): the pooled prompt
+    embedding, through a zero-initialised linear map, is added to every frame's token,
+    ``Attn(LN(x) + PE(frame) + W t)``, so which frames attend to which can depend on the words (the direction
+    of a motion) directly, not only through what the spatial cross-attention wrote into ``x``.
     """
 
-    def __init__(self, channels: int, head_dim: int = 64):
+    def __init__(self, channels: int, head_dim: int = 64, text_dim: int | None = None):
         super().__init__()
         heads = max(1, channels // head_dim)
         check(channels % heads == 0, f"temporal attention: {channels} channels do not split into {heads} heads")
         self.norm = nn.LayerNorm(channels)
         self.attn = Attention(query_dim=channels, heads=heads, dim_head=channels // heads, bias=False)
         zero_module(self.attn.to_out[0])  # zero-initialised output projection: the branch starts at 0
+        # zero-initialised: a model inflated (or continued) with it starts exactly as one without
+        self.text_proj = zero_module(nn.Linear(text_dim, channels)) if text_dim else None
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, pooled_text: torch.Tensor | None = None) -> torch.Tensor:
         height, width = x.shape[-2:]
         tokens = rearrange(x, "(b f) c h w -> (b h w) f c", f=num_frames)
         tokens = self.norm(tokens) + frame_position_encoding(num_frames, x.shape[1], x.device, x.dtype)
+        if self.text_proj is not None and pooled_text is not None:
+            tokens = tokens + repeat(self.text_proj(pooled_text), "b c -> (b n) 1 c", n=height * width)
         out = self.attn(tokens)
         return x + rearrange(out, "(b h w) f c -> (b f) c h w", h=height, w=width)
 
@@ -223,6 +232,15 @@ class _Ctx:
     text_bias: torch.Tensor | None
     cross_attention_kwargs: dict[str, Any] | None
     frames: int
+    pooled_text: torch.Tensor | None = None  # (B, D), for temporal_text
+
+
+def pool_text(text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the text states ``(B, L, D)`` over the kept tokens of ``mask`` ``(B, L)`` (all when ``None``)."""
+    if mask is None:
+        return text.mean(dim=1)
+    weights = mask.to(text.dtype).unsqueeze(-1)
+    return (text * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def _key(path: str) -> str:
@@ -248,6 +266,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
         temporal_dropout: dropout inside the temporal convs.
         spade_kernel_size: kernel of SPADE's gamma/beta convs (3, as the paper's "convolving"; at SD 2.1 scale
             they are ~340M parameters, 1 makes them 9x smaller).
+        temporal_text: give the temporal attentions the pooled prompt embedding (see :class:`TemporalAttention`;
+            an extension beyond the paper, off by default).
 
     Build it with :meth:`from_pretrained_2d` (inflate SD / any diffusers U-Net), or ``VideoUNet(unet=...)``
     with an instance; save and load the whole model with ``save_pretrained`` / ``from_pretrained``.
@@ -266,6 +286,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
         norm_num_groups: int | None = None,
         temporal_dropout: float = 0.0,
         spade_kernel_size: int = 3,
+        temporal_text: bool = False,
         unet: UNet2DConditionModel | None = None,
     ):
         super().__init__()
@@ -289,7 +310,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
         for path, resnet in self._layers("resnets"):
             self.temporal_convs[_key(path)] = TemporalConv(resnet.out_channels, groups, temporal_dropout)
         for path, attn in self._layers("attentions"):
-            self.temporal_attentions[_key(path)] = TemporalAttention(attn.in_channels, temporal_attention_head_dim)
+            self.temporal_attentions[_key(path)] = TemporalAttention(
+                attn.in_channels, temporal_attention_head_dim, unet.config.cross_attention_dim if temporal_text else None)
 
         # appearance injection (Table 2)
         self.condition_conv_in: nn.Conv2d | None = None
@@ -417,7 +439,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
     def _attention(self, path: str, attn: nn.Module, h: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
         h = attn(h, encoder_hidden_states=ctx.text, encoder_attention_mask=ctx.text_bias,
                  cross_attention_kwargs=ctx.cross_attention_kwargs, return_dict=False)[0]
-        return self._checkpointed(self.temporal_attentions[_key(path)], h, ctx.frames)
+        return self._checkpointed(self.temporal_attentions[_key(path)], h, ctx.frames, ctx.pooled_text)
 
     def _check_inputs(self, sample, encoder_hidden_states, encoder_attention_mask, condition) -> None:
         check(sample.ndim == 5, f"sample must be (B, C, F, H, W) (use F=1 for images), got shape {tuple(sample.shape)}")
@@ -484,7 +506,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
             features = self.appearnet(condition, timestep, text, encoder_attention_mask, class_labels,
                                       cross_attention_kwargs).broadcast(frames)
         ctx = _Ctx(per_frame(emb, frames), per_frame(text, frames),
-                   per_frame(mask_to_bias(encoder_attention_mask, sample.dtype), frames), cross_attention_kwargs, frames)
+                   per_frame(mask_to_bias(encoder_attention_mask, sample.dtype), frames), cross_attention_kwargs, frames,
+                   pooled_text=pool_text(text, encoder_attention_mask) if self.config.temporal_text else None)
 
         # 2. conv_in (+ the concatenated condition, Table 2 "Concat")
         h = unet.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))

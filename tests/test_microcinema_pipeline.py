@@ -115,7 +115,7 @@ def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encode
     Image.fromarray(np.full((20, 20), 128, dtype=np.uint8), "L").save(tmp_path / "grey.png")
     gif = tmp_path / "video.gif"
     assert main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(gif), "--model", str(folder),
-                 "--steps", "1", "--no-interpolate"]) == 0
+                 "--steps", "1", "--no-interpolate", "--no-pin-key-frame"]) == 0
     assert probe_video(gif).num_frames == 9
     assert "converted L to RGB" in capsys.readouterr().err
     assert main(["generate", "a red circle", "--out", str(tmp_path / "v.avi"), "--model", str(folder)]) == 2
@@ -191,3 +191,16 @@ def test_image_condition_is_kept_in_the_unconditional_branch(pipeline):
 def test_missing_image_file_is_a_clear_error(pipeline):
     with pytest.raises(MicroCinemaError, match="image not found: does/not/exist.png"):
         pipeline("a red circle", image="does/not/exist.png", progress=False)
+
+
+def test_pin_key_frame_keeps_the_key_frame_as_the_centre_frame(pipeline):
+    run = lambda **kw: pipeline("a red circle moving left", num_inference_steps=4, progress=False,  # noqa: E731
+                                interpolate=False, generator=torch.Generator().manual_seed(0), output_type="latent",
+                                **kw)
+    z_key = pipeline.encode_images(FixedKeyFrames()(["x"], num_inference_steps=1, guidance_scale=None,
+                                                    generator=None, size=pipeline.image_size))[0]
+    pinned, free = run().frames[0], run(pin_key_frame=False).frames[0]  # pinned by default
+    centre_error = lambda latents: (latents[:, 4] - z_key).abs().max().item()  # noqa: E731
+    assert centre_error(pinned) < 0.15  # DDIM ends at t = 0 (sigma ~ 0.03): the key latent up to that noise
+    assert centre_error(free) > 3 * centre_error(pinned)
+    assert not torch.allclose(pinned[:, 0], free[:, 0])  # the other frames are generated next to it

@@ -431,3 +431,38 @@ def test_encoder_injection_gets_appearnet_feature_of_the_same_resnet(deep_unet):
     assert set(seen) == set(expected)
     for k, index in expected.items():
         assert torch.equal(seen[k], skips[index]), k
+
+
+# ------------------------------------------------------------------------------------- temporal_text (extension)
+
+
+@torch.no_grad()
+def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(models, ref2d, tmp_path):
+    from microcinema.tasks.video import add_temporal_text, build_model
+
+    trained = copy.deepcopy(models["add_encdec_spade"])
+    perturb(trained.temporal_attentions, seed=3)  # a "trained" model: its temporal attention mixes frames
+    x = inputs()
+    grown = add_temporal_text(trained).eval()
+    assert grown.config.temporal_text and all(a.text_proj is not None for a in grown.temporal_attentions.values())
+    assert (grown(**x).sample - trained(**x).sample).abs().max().item() <= TOL  # zero-initialised: same model
+    fresh = VideoUNet.from_pretrained_2d(ref2d, temporal_text=True).eval()
+    assert (fresh(**x, encoder_attention_mask=MASK).sample - per_frame_2d(ref2d, x, MASK)).abs().max().item() <= TOL
+
+    perturb(torch.nn.ModuleList([a.text_proj for a in grown.temporal_attentions.values()]), seed=4)
+    other_text = {**x, "encoder_hidden_states": x["encoder_hidden_states"].flip(0)}
+    delta_grown = (grown(**other_text).sample - grown(**x).sample).abs().max().item()
+    delta_trained = (trained(**other_text).sample - trained(**x).sample).abs().max().item()
+    assert abs(delta_grown - delta_trained) > 1e-3  # the prompt now also enters through the temporal attention
+    # padding tokens do not count in the pooled prompt
+    padded = {**x, "encoder_hidden_states": x["encoder_hidden_states"].clone()}
+    padded["encoder_hidden_states"][0, 3:] += 5.0
+    from microcinema.unet3d import pool_text
+    torch.testing.assert_close(pool_text(padded["encoder_hidden_states"], MASK)[0],
+                               pool_text(x["encoder_hidden_states"], MASK)[0])
+
+    trained.save_pretrained(tmp_path / "trained")  # continued training adds the layers: build_model
+    model = build_model({"init_from": str(tmp_path / "trained"), "model": {"temporal_text": True}})
+    assert model.config.temporal_text and (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
+    with pytest.raises(MicroCinemaError, match="other settings"):
+        build_model({"init_from": str(tmp_path / "trained"), "model": {"injection": "concat"}})

@@ -192,6 +192,7 @@ def evaluate(setting: Setting, weights: Path, parts: dict[str, Any], budget: Bud
     if path.is_file() and json.loads(path.read_text()).get("key") == key:
         return json.loads(path.read_text())["row"]
     pipe = MicroCinemaPipeline(VideoUNet.from_pretrained(weights).float(), parts["vae"], parts["text_encoder"],
+                               pin_key_frame=False,  # the paper's sampling: the model redraws the key frame too
                                noise_prior_lambda=setting.variant.lam, noise_prior_gamma=setting.gamma)
     specs = parts["specs"]
     generated = generate_videos(pipe, specs, "animate", steps=setting.steps, batch_size=budget.eval_batch_size,

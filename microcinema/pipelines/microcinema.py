@@ -10,6 +10,9 @@
    model generates 5 frames at 8 fps conditioned on the latents interpolated between the pair; the three
    middle ones are inserted between the pair: 9 frames -> 33.
 
+By default the key frame is kept exactly as the centre frame during stage two (the replacement method,
+:mod:`microcinema.replacement`; beyond the paper, which lets the model redraw it: ``pin_key_frame=False``).
+
 Latents are decoded by the VAE at the end. All sampling goes through :func:`microcinema.samplers.sample`.
 """
 
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import MicroCinemaError, check
 from ..guidance import cfg_eps_model
 from ..noise_priors import DEFAULT_GAMMA, DEFAULT_LAMBDA, appearance_init_mean
+from ..replacement import centre_frame_mask, replacement_eps_model
 from ..samplers import SAMPLERS, sample
 from ..tasks.common import embedded_path
 from ..tasks.video import interpolation_condition
@@ -65,7 +69,8 @@ class MicroCinemaPipeline:
                  text_encoder_name: str = "minilm", base_fps: float = 2.0, sampler: str = "ddim",
                  guidance_scale: float = 5.0, noise_prior_lambda: float = DEFAULT_LAMBDA,
                  noise_prior_gamma: float = DEFAULT_GAMMA, interp_noise_prior_lambda: float = DEFAULT_LAMBDA,
-                 interp_noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17)) -> None:
+                 interp_noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17),
+                 pin_key_frame: bool = True) -> None:
         self.video_unet, self.vae, self.text_encoder = video_unet.eval(), vae.eval(), text_encoder
         self.interp_unet = interp_unet.eval() if interp_unet is not None else None
         self._key_frame_model = key_frame_model
@@ -75,13 +80,15 @@ class MicroCinemaPipeline:
         # the interpolation model's own prior (the lambda it was trained with): not changed by call overrides
         self.interp_noise_prior_lambda, self.interp_noise_prior_gamma = interp_noise_prior_lambda, interp_noise_prior_gamma
         self.num_frames_range = tuple(num_frames_range)
+        self.pin_key_frame = pin_key_frame  # replacement method on the centre frame (microcinema.replacement)
 
     # ------------------------------------------------------------------ loading and saving
     def _settings(self) -> dict[str, Any]:
         return {"text_encoder": self.text_encoder_name, "base_fps": self.base_fps, "sampler": self.sampler,
                 "guidance_scale": self.guidance_scale, "noise_prior_lambda": self.noise_prior_lambda,
                 "noise_prior_gamma": self.noise_prior_gamma, "interp_noise_prior_lambda": self.interp_noise_prior_lambda,
-                "interp_noise_prior_gamma": self.interp_noise_prior_gamma, "num_frames_range": list(self.num_frames_range)}
+                "interp_noise_prior_gamma": self.interp_noise_prior_gamma, "num_frames_range": list(self.num_frames_range),
+                "pin_key_frame": self.pin_key_frame}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32,
@@ -162,14 +169,22 @@ class MicroCinemaPipeline:
 
     @torch.no_grad()
     def generate_base(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, steps: int, scale: float,
-                      generator: torch.Generator, lam: float, gamma: float, progress: bool) -> torch.Tensor:
-        """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w)."""
+                      generator: torch.Generator, lam: float, gamma: float, progress: bool,
+                      pin_key_frame: bool = False) -> torch.Tensor:
+        """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w). ``pin_key_frame``:
+        the centre frame follows the key frame's forward process (replacement method), so it is ``z_key``."""
         cond, uncond = prompt_and_empty_conds(self.text_encoder, prompts)
         condition = z_key.unsqueeze(2)  # AppearNet input [z_c, ..., z_c]: one frame, broadcast over F
         cond, uncond = {**cond, "condition": condition}, {**uncond, "condition": condition}
         noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator,
                             device=generator.device).to(z_key.device)
-        return sample(cfg_eps_model(cond_eps_model(self.video_unet), cond, uncond, scale), noise,
+        eps_model = cfg_eps_model(cond_eps_model(self.video_unet), cond, uncond, scale)
+        if pin_key_frame:  # the key frame's noise as in training: n + lambda z_c (section 3.3, eq. 3)
+            known = condition.expand(-1, -1, num_frames, -1, -1)
+            known_noise = torch.randn(known.shape, generator=generator, device=generator.device).to(z_key.device)
+            eps_model = replacement_eps_model(eps_model, known, centre_frame_mask(num_frames, z_key.device),
+                                              known_noise + lam * known)
+        return sample(eps_model, noise,
                       sampler=self.sampler, num_inference_steps=steps, generator=generator,
                       init_mean=appearance_init_mean(z_key, num_frames, lam, gamma), progress=progress)
 
@@ -208,9 +223,11 @@ class MicroCinemaPipeline:
                  num_inference_steps: int = 25, guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, interpolate: bool = True, output_type: str = "np",
                  noise_prior_lambda: float | None = None, noise_prior_gamma: float | None = None,
-                 progress: bool = True) -> VideoPipelineOutput:
+                 pin_key_frame: bool | None = None, progress: bool = True) -> VideoPipelineOutput:
         """Generate videos for ``prompt``; ``image`` (path, PIL image, or a list of them, one per prompt) replaces
-        stage one. ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps -> 33 at 8)."""
+        stage one. ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps -> 33 at 8).
+        ``pin_key_frame``: keep the key frame as the centre frame exactly (replacement method; default: the
+        pipeline's setting)."""
         prompts = check_prompts(prompt)
         steps = check_steps(num_inference_steps)
         num_frames = self.check_num_frames(num_frames)
@@ -247,7 +264,8 @@ class MicroCinemaPipeline:
 
         stages.set_postfix_str("image&text-to-video")
         latents = self.generate_base(prompts, self.encode_images(key_frames), num_frames, steps=steps, scale=scale,
-                                     generator=generator, lam=lam, gamma=gamma, progress=False)
+                                     generator=generator, lam=lam, gamma=gamma, progress=False,
+                                     pin_key_frame=self.pin_key_frame if pin_key_frame is None else pin_key_frame)
         fps = self.base_fps
         lap("base")
         stages.update()

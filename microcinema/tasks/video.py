@@ -27,7 +27,7 @@ from torch import nn
 from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticVideoDataset
 from ..diffusion import add_noise, make_training_scheduler, random_timesteps
-from ..errors import MicroCinemaError
+from ..errors import MicroCinemaError, check
 from ..noise_priors import appearance_noise
 from ..trainer import Trainer, condition_dropout_mask
 from .common import build_latent_cache, embedded_path, export_fp16, provenance, require_sections, train_config
@@ -91,11 +91,28 @@ def build_model(config: dict[str, Any]):
     if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == VideoUNet.__name__:
         model = VideoUNet.from_pretrained(source)
         wanted = {k: v for k, v in config.get("model", {}).items() if model.config.get(k) != v}
+        if wanted == {"temporal_text": True}:  # new zero-initialised layers on a trained model
+            return add_temporal_text(model)
         if wanted:
             raise MicroCinemaError(f"init_from {source} is a VideoUNet with other settings than the config's "
-                                   f"model section: {wanted}; drop them or start from a 2D U-Net")
+                                   f"model section: {wanted}; drop them (temporal_text: true may be added) or start "
+                                   "from a 2D U-Net")
         return model
     return VideoUNet.from_pretrained_2d(source, **config.get("model", {}))
+
+
+def add_temporal_text(model):
+    """``model`` (a trained VideoUNet) with ``temporal_text=True``: its weights, plus zero-initialised text
+    projections in the temporal attentions, so the new model computes exactly what ``model`` did."""
+    from ..unet3d import VideoUNet
+
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    grown = VideoUNet.from_config({**config, "temporal_text": True})
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    check(not unexpected and all(".text_proj." in k for k in missing),
+          f"temporal_text: unexpected weights {unexpected[:3]} or missing {[k for k in missing if '.text_proj.' not in k][:3]}")
+    return grown.to(dtype=model.dtype)
 
 
 def train_video(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
