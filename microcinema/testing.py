@@ -152,7 +152,9 @@ def make_tiny_sd_pipeline(path: str | Path, sd21_layout: bool = True, seed: int 
 __all__ = [
     "SD_SCHEDULER_KWARGS",
     "TINY_CLIP_TOKENIZER_DIR",
+    "make_tiny_clip_model",
     "make_tiny_sd_pipeline",
+    "save_random_clip_model",
     "tiny_clip_text_model",
     "tiny_clip_tokenizer",
     "tiny_sd_pipeline",
@@ -162,21 +164,28 @@ __all__ = [
 ]
 
 
-def make_tiny_clip_model(path: str | Path, num_hidden_layers: int = 2, seed: int = 0) -> Path:
-    """Save a tiny random transformers ``CLIPModel`` folder (model, tokenizer, image processor; 32x32 images)
-    at ``path``, the layout :class:`~microcinema.eval.metrics.clip_score.ClipScorer` loads."""
+def save_random_clip_model(path: str | Path, *, text: dict, vision: dict, projection_dim: int, seed: int = 0) -> Path:
+    """Save a random transformers ``CLIPModel`` folder (model, the test tokenizer, an image processor for
+    ``vision["image_size"]``) at ``path``, the layout :class:`~microcinema.eval.metrics.clip_score.ClipScorer`
+    loads. ``text`` / ``vision``: the towers' config keys; vocabulary and special tokens come from the tokenizer."""
     from transformers import CLIPConfig, CLIPModel
 
     from .eval.metrics.clip_score import _image_processor_class
 
     path = Path(path)
     tok = tiny_clip_tokenizer()
-    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=num_hidden_layers, num_attention_heads=4)
     text = dict(vocab_size=len(tok), max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **layers)
-    vision = dict(image_size=32, patch_size=8, **layers)
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **text)
     torch.manual_seed(seed)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)).save_pretrained(path)
     tok.save_pretrained(path)
-    _image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    size = vision["image_size"]
+    _image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
     return path
+
+
+def make_tiny_clip_model(path: str | Path, num_hidden_layers: int = 2, seed: int = 0) -> Path:
+    """Save a tiny random ``CLIPModel`` folder (32x32 images) at ``path`` (see :func:`save_random_clip_model`)."""
+    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=num_hidden_layers, num_attention_heads=4)
+    return save_random_clip_model(path, text=layers, vision=dict(image_size=32, patch_size=8, **layers),
+                                  projection_dim=16, seed=seed)

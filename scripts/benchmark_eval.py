@@ -32,25 +32,17 @@ WEIGHTED = ("fvd", "fid", "inception_score", "clipsim", "clip_temp")
 
 def make_stand_ins(folder: Path) -> dict[str, Path]:
     """Random-weight I3D and Inception state dicts and a ViT-B/32-shaped CLIP folder in ``folder``."""
-    from transformers import CLIPConfig, CLIPModel
-
     from microcinema.eval.metrics import FIDInceptionV3, InceptionI3d
-    from microcinema.eval.metrics.clip_score import _image_processor_class
-    from microcinema.testing import tiny_clip_tokenizer
+    from microcinema.testing import save_random_clip_model
 
     torch.manual_seed(0)
     torch.save(InceptionI3d().state_dict(), folder / "i3d.pt")
     torch.save(FIDInceptionV3().state_dict(), folder / "inception.pt")
-    tok = tiny_clip_tokenizer()
-    text = dict(vocab_size=len(tok), hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                num_attention_heads=8, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  image_size=224, patch_size=32)
-    clip = folder / "clip"
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).save_pretrained(clip)
-    tok.save_pretrained(clip)
-    _image_processor_class()(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(clip)
+    clip = save_random_clip_model(
+        folder / "clip", projection_dim=512,
+        text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    image_size=224, patch_size=32))
     return {"i3d_weights": folder / "i3d.pt", "inception_weights": folder / "inception.pt", "clip_model": clip}
 
 

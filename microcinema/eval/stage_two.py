@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from ..data.synthetic import render_frame
 from ..pipelines.microcinema import INTERPOLATION_FACTOR, MicroCinemaPipeline
-from ..unet3d import VideoUNet
 from ..video_io import save_grid, write_video
 from .judge import accuracy_table, default_object_classifier, judge_video
 from .stage_one import domain_prompts
@@ -191,14 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seed of the prompt set (999: the reported evaluation; use another to tune settings)")
     parser.add_argument("--no-pin-key-frame", action="store_true",
                         help="let the model redraw the key frame (the paper's sampling; default: kept exactly)")
-    parser.add_argument("--video-model", type=Path, default=None,
-                        help="a VideoUNet folder to use as the base model instead of the pipeline's")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = MicroCinemaPipeline.from_pretrained(args.model) if args.model else MicroCinemaPipeline.embedded()
     pipe.pin_key_frame = not args.no_pin_key_frame
-    if args.video_model is not None:
-        pipe.video_unet = VideoUNet.from_pretrained(args.video_model).float().eval()
     specs = domain_prompts(args.num, seed=args.prompt_seed)
     results = {"command": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "modes": {}}
     for mode in args.mode:

@@ -107,7 +107,6 @@ def add_temporal_text(model):
     from ..unet3d import VideoUNet
 
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
-    torch.manual_seed(0)
     grown = VideoUNet.from_config({**config, "temporal_text": True})
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
     check(not unexpected and all(".text_proj." in k for k in missing),
