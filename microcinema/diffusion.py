@@ -43,6 +43,8 @@ __all__ = [
     "ve_to_vp",
     "VPDenoiser",
     "add_noise",
+    "high_noise_timesteps",
+    "x0_loss_weights",
     "diffusion_loss",
     "random_timesteps",
 ]
@@ -245,3 +247,37 @@ def random_timesteps(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     t = torch.randint(low, high, (batch_size,), generator=generator, device=gen_device)
     return t.to(device) if device is not None else t
+
+
+def high_noise_timesteps(batch_size: int, fraction: float, low: int, *, generator: torch.Generator | None = None,
+                         num_train_timesteps: int = 1000) -> Tensor:
+    """Training timesteps with extra high-noise ones: each is drawn from ``[low, T)`` with probability
+    ``fraction``, else uniformly from ``[0, T)`` (``fraction = 0``: :func:`random_timesteps`).
+
+    Why: the global layout of a sample (for a video: which way the object moves) is decided at the highest
+    noise levels, which uniform sampling visits rarely (the same reason video models shift their noise
+    distribution up, e.g. Stable Video Diffusion's EDM ``P_mean``).
+    """
+    if not 0 <= fraction <= 1:
+        raise MicroCinemaError(f"high-noise fraction must be in [0, 1], got {fraction}")
+    uniform = random_timesteps(batch_size, generator=generator, num_train_timesteps=num_train_timesteps)
+    if fraction == 0:
+        return uniform
+    high = random_timesteps(batch_size, generator=generator, num_train_timesteps=num_train_timesteps, low=low)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    pick = torch.rand(batch_size, generator=generator, device=gen_device) < fraction
+    return torch.where(pick, high, uniform)
+
+
+def x0_loss_weights(timesteps: Tensor, max_weight: float, scheduler: Any = None) -> Tensor:
+    """Per-sample weights ``clamp(1 / SNR(t), 1, max_weight)`` for the epsilon loss, ``SNR = abar / (1 - abar)``.
+
+    ``(1 / SNR) * ||eps - eps_hat||^2`` is the error of the implied clean sample ``x0_hat``, so with this
+    weight the loss counts high noise levels as an x0-loss would, up to ``max_weight``, and is the plain
+    epsilon loss where ``SNR >= 1`` (the mirror image of Min-SNR weighting, Hang et al. 2023, which caps
+    the x0 weight at low noise). ``max_weight = 1``: no weighting.
+    """
+    if max_weight < 1:
+        raise MicroCinemaError(f"max_weight must be >= 1, got {max_weight}")
+    abar = alphas_cumprod_of(scheduler).to(timesteps.device)[timesteps.long()]
+    return ((1 - abar) / abar).clamp(1.0, max_weight).float()

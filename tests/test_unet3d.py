@@ -438,12 +438,12 @@ def test_encoder_injection_gets_appearnet_feature_of_the_same_resnet(deep_unet):
 
 @torch.no_grad()
 def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(models, ref2d, tmp_path):
-    from microcinema.tasks.video import add_temporal_text, build_model
+    from microcinema.tasks.video import build_model, grow_model
 
     trained = copy.deepcopy(models["add_encdec_spade"])
     perturb(trained.temporal_attentions, seed=3)  # a "trained" model: its temporal attention mixes frames
     x = inputs()
-    grown = add_temporal_text(trained).eval()
+    grown = grow_model(trained, temporal_text=True).eval()
     assert grown.config.temporal_text and all(a.text_proj is not None for a in grown.temporal_attentions.values())
     assert (grown(**x).sample - trained(**x).sample).abs().max().item() <= TOL  # zero-initialised: same model
     fresh = VideoUNet.from_pretrained_2d(ref2d, temporal_text=True).eval()
@@ -466,3 +466,49 @@ def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(
     assert model.config.temporal_text and (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
     with pytest.raises(MicroCinemaError, match="other settings"):
         build_model({"init_from": str(tmp_path / "trained"), "model": {"injection": "concat"}})
+
+
+# ------------------------------------------------------------------------ frame text modulation (extension)
+
+
+@torch.no_grad()
+def test_frame_text_modulation_starts_as_identity_then_couples_prompt_and_frame_offset(models, ref2d, tmp_path):
+    from microcinema.tasks.video import build_model, grow_model
+    from microcinema.unet3d import frame_position_encoding
+
+    trained = copy.deepcopy(models["add_encdec_spade"])
+    x = inputs()
+    grown = grow_model(trained, frame_text_modulation=True).eval()
+    assert set(grown.frame_text_modulations) == set(grown.temporal_convs)  # one after every temporal conv
+    assert (grown(**x).sample - trained(**x).sample).abs().max().item() <= TOL  # zero-initialised: same model
+    fresh = VideoUNet.from_pretrained_2d(ref2d, frame_text_modulation=True).eval()
+    assert (fresh(**x, encoder_attention_mask=MASK).sample - per_frame_2d(ref2d, x, MASK)).abs().max().item() <= TOL
+
+    # one layer, trained (perturbed): the scale depends on the prompt and on the frame's place, jointly
+    layer = copy.deepcopy(next(iter(grown.frame_text_modulations.values())))
+    perturb(layer.out, seed=6)
+    channels = layer.out.out_features // 2
+    h = torch.ones(2 * 5, channels, 2, 2)  # 2 samples x 5 frames of constant features
+    text = torch.randn(2, layer.text_in.in_features, generator=torch.Generator().manual_seed(7))
+    out = rearrange(layer(h, text, 5), "(b f) c h w -> b f c h w", f=5)
+    assert (out[:, 0] - out[:, 4]).abs().max() > 1e-3  # frames before and after the key frame differ
+    assert (out[0] - out[1]).abs().max() > 1e-3  # so do prompts
+    # offsets are from the centre frame: the key frame of 5 frames and a single image get the same encoding
+    pe = frame_position_encoding(5, 8, torch.device("cpu"), torch.float32, centred=True)
+    torch.testing.assert_close(pe[2], frame_position_encoding(1, 8, torch.device("cpu"), torch.float32)[0])
+    assert not torch.allclose(pe[1], pe[3])  # one frame before and one after the key frame differ
+    # ... and not additively: the product of prompt and place is there (a separable map would have 0 here)
+    interaction = out[0, 0] - out[0, 4] - out[1, 0] + out[1, 4]
+    assert interaction.abs().max() > 1e-3
+
+    perturb(grown.frame_text_modulations, seed=8)  # the whole model: the prompt now scales the features
+    other_text = {**x, "encoder_hidden_states": x["encoder_hidden_states"].flip(0)}
+    delta_grown = (grown(**other_text).sample - grown(**x).sample).abs().max().item()
+    delta_trained = (trained(**other_text).sample - trained(**x).sample).abs().max().item()
+    assert abs(delta_grown - delta_trained) > 1e-3
+
+    trained.save_pretrained(tmp_path / "trained")  # continued training adds the layers: build_model
+    model = build_model({"init_from": str(tmp_path / "trained"), "model": {"frame_text_modulation": True}})
+    assert model.config.frame_text_modulation and (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
+    grown.save_pretrained(tmp_path / "grown")
+    torch.testing.assert_close(VideoUNet.from_pretrained(tmp_path / "grown").eval()(**x).sample, grown(**x).sample)

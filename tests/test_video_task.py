@@ -121,3 +121,43 @@ def test_loss_with_lambda_zero_is_plain_diffusion():
     expected = add_noise(batch["latent_mean"], n, t, make_training_scheduler())
     torch.testing.assert_close(model.calls[0]["sample"], expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(loss, n.square().mean(), rtol=1e-6, atol=0)
+
+
+def test_high_noise_timesteps_and_x0_weights():
+    from microcinema.diffusion import alphas_cumprod_of, high_noise_timesteps, x0_loss_weights
+
+    g = lambda: torch.Generator().manual_seed(6)  # noqa: E731
+    assert torch.equal(high_noise_timesteps(64, 0.0, 850, generator=g()), random_timesteps(64, generator=g()))
+    t = high_noise_timesteps(4000, 0.5, 850, generator=g())
+    assert t.min() >= 0 and t.max() < 1000
+    share = float((t >= 850).float().mean())  # 0.5 + 0.5 * 0.15 = 0.575 expected
+    assert 0.54 < share < 0.61, share
+    assert torch.equal(t, high_noise_timesteps(4000, 0.5, 850, generator=g()))  # seeded
+    with pytest.raises(Exception, match="fraction"):
+        high_noise_timesteps(4, 1.5, 850)
+
+    steps = torch.tensor([0, 300, 500, 800, 999])
+    abar = alphas_cumprod_of(None)[steps]
+    w = x0_loss_weights(steps, 5.0)
+    torch.testing.assert_close(w, ((1 - abar) / abar).clamp(1, 5).float())
+    assert w[0] == 1 and w[-1] == 5 and bool((w[1:] >= w[:-1]).all())  # more weight at more noise, capped
+    assert torch.equal(x0_loss_weights(steps, 1.0), torch.ones(5))
+    with pytest.raises(Exception, match="max_weight"):
+        x0_loss_weights(steps, 0.5)
+
+
+def test_loss_weights_high_noise_samples_as_configured():
+    from microcinema.diffusion import high_noise_timesteps, x0_loss_weights
+
+    cache, batch = fake_cache_and_batch()
+    prediction = torch.randn(B, C, FRAMES, H, W, generator=torch.Generator().manual_seed(4))
+    model = RecordingModel(prediction)
+    loss = make_loss("video", cache, 1.0, lam=0.0, condition_dropout=0.0, high_noise_fraction=1.0,
+                     high_noise_from=900, max_x0_weight=5.0)(model, batch, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    n = torch.randn(batch["latent_mean"].shape, generator=g)
+    t = high_noise_timesteps(B, 1.0, 900, generator=g)
+    assert torch.equal(model.calls[0]["timestep"], t) and bool((t >= 900).all())
+    per_sample = (prediction - n).square().flatten(1).mean(dim=1)
+    torch.testing.assert_close(loss, (x0_loss_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
+    assert float(loss) > 4 * float(per_sample.mean())  # at t >= 900 every weight is the cap, 5

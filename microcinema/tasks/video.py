@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticVideoDataset
-from ..diffusion import add_noise, make_training_scheduler, random_timesteps
+from ..diffusion import add_noise, high_noise_timesteps, make_training_scheduler, x0_loss_weights
 from ..errors import MicroCinemaError, check
 from ..noise_priors import appearance_noise
 from ..trainer import Trainer, condition_dropout_mask
@@ -54,7 +54,12 @@ def make_condition(kind: str, z0: torch.Tensor) -> torch.Tensor:
 
 
 def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: float, condition_dropout: float,
-              latents: str = "mode"):
+              latents: str = "mode", high_noise_fraction: float = 0.0, high_noise_from: int = 850,
+              max_x0_weight: float = 1.0):
+    """The training loss. ``high_noise_fraction`` / ``high_noise_from``: extra timesteps from
+    ``[high_noise_from, 1000)`` (:func:`~microcinema.diffusion.high_noise_timesteps`); ``max_x0_weight``:
+    weight the high noise levels as an x0-loss, up to that factor (:func:`~microcinema.diffusion.x0_loss_weights`).
+    Defaults: the plain epsilon loss with uniform timesteps (the paper's)."""
     scheduler = make_training_scheduler()
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -63,12 +68,13 @@ def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: floa
         condition = make_condition(kind, batch["latent_mean"] * scaling_factor)
         n = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0.device)
         eps = appearance_noise(condition, n, lam)
-        t = random_timesteps(len(z0), generator=generator).to(z0.device)
+        t = high_noise_timesteps(len(z0), high_noise_fraction, high_noise_from, generator=generator).to(z0.device)
         p_drop = condition_dropout if kind == "video" else 1.0  # interp: always the empty prompt
         states, mask = text_conditioning(batch, cache, condition_dropout_mask(len(z0), p_drop, generator))
         pred = model(add_noise(z0, eps, t, scheduler), t, encoder_hidden_states=states,
                      encoder_attention_mask=mask, condition=condition).sample
-        return torch.nn.functional.mse_loss(pred, eps)
+        per_sample = (pred.float() - eps.float()).pow(2).flatten(1).mean(dim=1)
+        return (x0_loss_weights(t, max_x0_weight, scheduler) * per_sample).mean()
 
     return loss_fn
 
@@ -91,26 +97,36 @@ def build_model(config: dict[str, Any]):
     if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == VideoUNet.__name__:
         model = VideoUNet.from_pretrained(source)
         wanted = {k: v for k, v in config.get("model", {}).items() if model.config.get(k) != v}
-        if wanted == {"temporal_text": True}:  # new zero-initialised layers on a trained model
-            return add_temporal_text(model)
+        if wanted and all(GROWABLE.get(k) == v for k, v in wanted.items()):  # new zero-initialised layers
+            return grow_model(model, **wanted)
         if wanted:
             raise MicroCinemaError(f"init_from {source} is a VideoUNet with other settings than the config's "
-                                   f"model section: {wanted}; drop them (temporal_text: true may be added) or start "
-                                   "from a 2D U-Net")
+                                   f"model section: {wanted}; drop them (these may be added to a trained model: "
+                                   f"{GROWABLE}) or start from a 2D U-Net")
         return model
     return VideoUNet.from_pretrained_2d(source, **config.get("model", {}))
 
 
-def add_temporal_text(model):
-    """``model`` (a trained VideoUNet) with ``temporal_text=True``: its weights, plus zero-initialised text
-    projections in the temporal attentions, so the new model computes exactly what ``model`` did."""
+#: VideoUNet options that add zero-initialised layers: a trained model can be grown with them -> the
+#: parameter-name fragment of those layers.
+GROWABLE: dict[str, bool] = {"temporal_text": True, "frame_text_modulation": True}
+_GROWN_PARAMS = {"temporal_text": ".text_proj.", "frame_text_modulation": "frame_text_modulations."}
+
+
+def grow_model(model, **options: bool):
+    """``model`` (a trained VideoUNet) with the extensions in ``options`` switched on (keys of
+    :data:`GROWABLE`): its weights, plus the new zero-initialised layers, so it computes exactly what
+    ``model`` did."""
     from ..unet3d import VideoUNet
 
+    check(options and all(GROWABLE.get(k) == v for k, v in options.items()),
+          f"grow_model: options {options} are not among {GROWABLE}")
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
-    grown = VideoUNet.from_config({**config, "temporal_text": True})
+    grown = VideoUNet.from_config({**config, **options})
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    check(not unexpected and all(".text_proj." in k for k in missing),
-          f"temporal_text: unexpected weights {unexpected[:3]} or missing {[k for k in missing if '.text_proj.' not in k][:3]}")
+    new = tuple(_GROWN_PARAMS[k] for k in options)
+    check(not unexpected and all(any(f in k for f in new) for k in missing),
+          f"grow_model: unexpected weights {unexpected[:3]} or missing {[k for k in missing if not any(f in k for f in new)][:3]}")
     return grown.to(dtype=model.dtype)
 
 
@@ -133,10 +149,13 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     started = time.time()
     vae = load_vae(config.get("vae", "embedded"))
     cache = build_cache(config, output_dir, vae)
+    torch.manual_seed(train_settings.seed)  # the randomly initialised new layers: the same for the same config
     model = build_model(config)
     loss = config["loss"]
     loss_fn = make_loss(kind, cache, vae.config.scaling_factor, lam=loss.get("noise_prior_lambda", 0.03),
-                        condition_dropout=loss.get("condition_dropout", 0.1), latents=loss.get("latents", "mode"))
+                        condition_dropout=loss.get("condition_dropout", 0.1), latents=loss.get("latents", "mode"),
+                        high_noise_fraction=loss.get("high_noise_fraction", 0.0),
+                        high_noise_from=loss.get("high_noise_from", 850), max_x0_weight=loss.get("max_x0_weight", 1.0))
     groups = model.parameter_groups(train_settings.learning_rate, spatial_lr_scale=loss.get("spatial_lr_scale", 0.1))
     result = Trainer(model, cache, loss_fn, train_settings, param_groups=groups).train()
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
