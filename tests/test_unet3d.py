@@ -326,7 +326,7 @@ def test_bad_inputs_raise_one_line_errors(models, unet_dir):
         model(**{**x, "timestep": torch.tensor([1, 2, 3])})
     with pytest.raises(MicroCinemaError, match="allowed: concat, add_dec, add_encdec, add_encdec_spade"):
         VideoUNet.from_pretrained_2d(unet_dir, injection="spade")
-    with pytest.raises(MicroCinemaError, match="allowed: condition_channels, injection"):
+    with pytest.raises(MicroCinemaError, match="allowed: condition_channels, frame_text_modulation, injection"):
         VideoUNet.from_pretrained_2d(unet_dir, injections="add_dec")
     with pytest.raises(MicroCinemaError, match="cannot load a 2D U-Net"):
         VideoUNet.from_pretrained_2d(unet_dir / "nowhere")
