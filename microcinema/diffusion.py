@@ -46,6 +46,7 @@ __all__ = [
     "high_noise_timesteps",
     "x0_loss_weights",
     "diffusion_loss",
+    "per_sample_mse",
     "random_timesteps",
 ]
 
@@ -224,9 +225,14 @@ def diffusion_loss(
         raise MicroCinemaError(f"unknown reduction {reduction!r}; allowed: 'mean', 'none'")
     z_t = add_noise(x0, noise, timesteps, scheduler)
     pred = eps_model(z_t, timesteps.to(device=x0.device, dtype=torch.float32))
-    err = (pred.float() - noise.float()) ** 2
-    per_sample = err.reshape(err.shape[0], -1).mean(dim=1)
+    per_sample = per_sample_mse(pred, noise)
     return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of each sample, in float32: ``(B,)`` over all non-batch dimensions."""
+    err = (pred.float() - target.float()) ** 2
+    return err.reshape(err.shape[0], -1).mean(dim=1)
 
 
 def random_timesteps(

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticVideoDataset
-from ..diffusion import add_noise, high_noise_timesteps, make_training_scheduler, x0_loss_weights
+from ..diffusion import add_noise, high_noise_timesteps, make_training_scheduler, per_sample_mse, x0_loss_weights
 from ..errors import MicroCinemaError, check
 from ..noise_priors import appearance_noise
 from ..trainer import Trainer, condition_dropout_mask
@@ -73,8 +73,7 @@ def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: floa
         states, mask = text_conditioning(batch, cache, condition_dropout_mask(len(z0), p_drop, generator))
         pred = model(add_noise(z0, eps, t, scheduler), t, encoder_hidden_states=states,
                      encoder_attention_mask=mask, condition=condition).sample
-        per_sample = (pred.float() - eps.float()).pow(2).flatten(1).mean(dim=1)
-        return (x0_loss_weights(t, max_x0_weight, scheduler) * per_sample).mean()
+        return (x0_loss_weights(t, max_x0_weight, scheduler) * per_sample_mse(pred, eps)).mean()
 
     return loss_fn
 
@@ -97,20 +96,23 @@ def build_model(config: dict[str, Any]):
     if config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == VideoUNet.__name__:
         model = VideoUNet.from_pretrained(source)
         wanted = {k: v for k, v in config.get("model", {}).items() if model.config.get(k) != v}
-        if wanted and all(GROWABLE.get(k) == v for k, v in wanted.items()):  # new zero-initialised layers
+        if _growable(wanted):  # new zero-initialised layers
             return grow_model(model, **wanted)
         if wanted:
             raise MicroCinemaError(f"init_from {source} is a VideoUNet with other settings than the config's "
-                                   f"model section: {wanted}; drop them (these may be added to a trained model: "
-                                   f"{GROWABLE}) or start from a 2D U-Net")
+                                   f"model section: {wanted}; drop them (these may be set to true on a trained "
+                                   f"model: {', '.join(GROWABLE)}) or start from a 2D U-Net")
         return model
     return VideoUNet.from_pretrained_2d(source, **config.get("model", {}))
 
 
-#: VideoUNet options that add zero-initialised layers: a trained model can be grown with them -> the
-#: parameter-name fragment of those layers.
-GROWABLE: dict[str, bool] = {"temporal_text": True, "frame_text_modulation": True}
-_GROWN_PARAMS = {"temporal_text": ".text_proj.", "frame_text_modulation": "frame_text_modulations."}
+#: VideoUNet options that, set to true, add zero-initialised layers (so a trained model can be grown with
+#: them) -> the parameter-name fragment of those layers.
+GROWABLE: dict[str, str] = {"temporal_text": ".text_proj.", "frame_text_modulation": "frame_text_modulations."}
+
+
+def _growable(options: dict[str, Any]) -> bool:
+    return bool(options) and all(k in GROWABLE and v is True for k, v in options.items())
 
 
 def grow_model(model, **options: bool):
@@ -119,12 +121,11 @@ def grow_model(model, **options: bool):
     ``model`` did."""
     from ..unet3d import VideoUNet
 
-    check(options and all(GROWABLE.get(k) == v for k, v in options.items()),
-          f"grow_model: options {options} are not among {GROWABLE}")
+    check(_growable(options), f"grow_model: options {options} are not among {', '.join(GROWABLE)} (set to true)")
     config = {k: v for k, v in model.config.items() if not k.startswith("_")}
     grown = VideoUNet.from_config({**config, **options})
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    new = tuple(_GROWN_PARAMS[k] for k in options)
+    new = tuple(GROWABLE[k] for k in options)
     check(not unexpected and all(any(f in k for f in new) for k in missing),
           f"grow_model: unexpected weights {unexpected[:3]} or missing {[k for k in missing if not any(f in k for f in new)][:3]}")
     return grown.to(dtype=model.dtype)
