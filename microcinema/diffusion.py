@@ -287,3 +287,18 @@ def x0_loss_weights(timesteps: Tensor, max_weight: float, scheduler: Any = None)
         raise MicroCinemaError(f"max_weight must be >= 1, got {max_weight}")
     abar = alphas_cumprod_of(scheduler).to(timesteps.device)[timesteps.long()]
     return ((1 - abar) / abar).clamp(1.0, max_weight).float()
+
+
+def min_snr_weights(timesteps: Tensor, gamma: float, scheduler: Any = None) -> Tensor:
+    """Min-SNR-gamma weights for the epsilon loss (Hang et al. 2023, "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy", eq. 7 with the epsilon target): ``min(SNR(t), gamma) / SNR(t)``.
+
+    The x0 error of a step is weighted by ``min(SNR, gamma)``: the nearly clean steps (``SNR > gamma``),
+    whose detail-level errors dominate the plain loss's gradient and conflict with the rest, are weighted down;
+    every step with ``SNR <= gamma`` keeps weight 1 (the plain epsilon loss). The paper's default is ``gamma = 5``.
+    """
+    if not gamma > 0:
+        raise MicroCinemaError(f"min-SNR gamma must be > 0, got {gamma}")
+    abar = alphas_cumprod_of(scheduler).to(timesteps.device)[timesteps.long()]
+    snr = abar / (1 - abar)
+    return (snr.clamp(max=gamma) / snr).float()

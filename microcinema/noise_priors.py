@@ -10,6 +10,10 @@ target) and by the pipelines (the initial latent's mean, passed as ``init_mean``
   ODE sampler is unchanged. ``lambda = gamma = 0`` is exactly plain diffusion. The paper's best setting is
   ``lambda = 0.03, gamma = 0.02``. For the temporal interpolation model the condition is a per-frame latent
   video (first and last frame interpolated); the same formula is applied frame by frame.
+* **Hidden motion at the top noise levels** (an extension, not in the papers): for ``t >= start`` the
+  training input carries the key frame, not the clip, as its signal, and the target is the noise that takes
+  that input to the clip (:func:`hide_motion_at_high_noise`). It makes training match sampling, whose first
+  latent holds the key frame and no motion.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .diffusion import _timestep_coefficients, alphas_cumprod_of
 from .errors import check
 
 #: MicroCinema's best setting (paper Fig. 5).
@@ -56,3 +61,32 @@ def appearance_init_mean(condition: Tensor, num_frames: int, lam: float = DEFAUL
     """
     check(lam >= 0 and gamma >= 0, f"lambda and gamma must be >= 0, got {lam}, {gamma}")
     return (lam + gamma) * _as_condition_video(condition, num_frames)
+
+
+def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, timesteps: Tensor, start: int,
+                              scheduler: object = None) -> tuple[Tensor, Tensor]:
+    """Training input ``z_t`` and epsilon target where, for ``t >= start``, the signal in ``z_t`` is the
+    condition (the key frame repeated) instead of the clip ``z0``:
+
+        ``z_t = sqrt(abar) z_c + sqrt(1 - abar) eps``,  target ``(z_t - sqrt(abar) z0) / sqrt(1 - abar)``
+        ``    = eps + sqrt(abar / (1 - abar)) (z_c - z0)``,
+
+    so the clean sample implied by a perfect prediction is still ``z0`` (the loss is the usual one, on a
+    different input). Below ``start`` it is the forward process, ``add_noise(z0, eps, t)`` and target ``eps``.
+
+    Why: SD's schedule ends at ``abar_999 = 0.0047``, not 0, so at training even ``t = 999`` leaves a faint
+    ``0.07 z0``: the whole motion, readable summed over an object. A model learns to read where the object is
+    going from that leak instead of from the text (measured on the embedded model: its prediction at
+    ``t = 995`` is the same with "moving left" and "moving right" and follows the clip either way). Sampling
+    starts from noise around the key frame (:func:`appearance_init_mean`), which has no motion to read, so
+    the direction of a translation came out at chance. This removes the leak's motion, not the leak (the key
+    frame's signal stays, as at sampling); zero-terminal-SNR schedules (Lin et al. 2024) remove the leak
+    altogether but need v-prediction and a new schedule for the whole family.
+    """
+    check(noise.shape == z0.shape, f"noise shape {tuple(noise.shape)} differs from z0 shape {tuple(z0.shape)}")
+    a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), z0)
+    key = _as_condition_video(condition, z0.shape[2]).to(z0.dtype)
+    hide = (timesteps.to(z0.device) >= start).view(-1, *[1] * (z0.ndim - 1))
+    z_t = a * torch.where(hide, key, z0) + b * noise
+    target = torch.where(hide, noise + (a / b) * (key - z0), noise)
+    return z_t, target

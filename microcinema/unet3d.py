@@ -108,7 +108,25 @@ def frame_position_encoding(num_frames: int, channels: int, device: torch.device
     return get_timestep_embedding(positions, channels, flip_sin_to_cos=True, downscale_freq_shift=0).to(dtype)
 
 
-class FrameTextModulation(nn.Module):
+class _PromptTimesOffset(nn.Module):
+    """``(A t) * (B PE(f - (F - 1) / 2))``: the prompt times the frame's offset from the key frame, ``(B, F, hidden)``.
+
+    ``t`` is the pooled prompt and ``PE`` the sinusoidal offset encoding; ``A`` and ``B`` keep their default
+    (random) init. Shared by the two text x time layers below, which differ only in what the product drives.
+    """
+
+    def __init__(self, text_dim: int, hidden: int = 64, offset_channels: int = 32):
+        super().__init__()
+        self.offset_channels = offset_channels
+        self.text_in = nn.Linear(text_dim, hidden)  # A
+        self.offset_in = nn.Linear(offset_channels, hidden)  # B
+
+    def product(self, pooled_text: torch.Tensor, num_frames: int, like: torch.Tensor) -> torch.Tensor:
+        offsets = frame_position_encoding(num_frames, self.offset_channels, like.device, like.dtype, centred=True)
+        return self.text_in(pooled_text)[:, None] * self.offset_in(offsets)[None]
+
+
+class FrameTextModulation(_PromptTimesOffset):
     """Per-frame FiLM of the features by the prompt and the frame's offset from the key frame (an extension,
     not in the paper; ``VideoUNet(frame_text_modulation=True)``), applied after every temporal convolution:
 
@@ -127,22 +145,71 @@ class FrameTextModulation(nn.Module):
     ``configs/video_text_modulation.yaml``; without it, nothing in 500 steps): grow/shrink went from a coin
     flip (14 of 26) to 25 of 26 right in the 100-prompt stage-two evaluation; left/right and up/down did not
     move. A translation is antisymmetric about the object, so a per-channel scale barely correlates with it;
-    that needs a spatial operator (e.g. a per-frame shift of the features by a text x time velocity), not
-    built yet.
+    :class:`FrameTextShift` is the spatial counterpart.
     """
 
     def __init__(self, channels: int, text_dim: int, hidden: int = 64, offset_channels: int = 32):
-        super().__init__()
-        self.offset_channels = offset_channels
-        self.text_in = nn.Linear(text_dim, hidden)  # A: random, default init
-        self.offset_in = nn.Linear(offset_channels, hidden)  # B: random, default init
+        super().__init__(text_dim, hidden, offset_channels)
         self.out = zero_module(nn.Linear(hidden, 2 * channels))  # W: zero-initialised, the layer starts as identity
 
     def forward(self, x: torch.Tensor, pooled_text: torch.Tensor, num_frames: int) -> torch.Tensor:
-        offsets = frame_position_encoding(num_frames, self.offset_channels, x.device, x.dtype, centred=True)
-        hidden = self.text_in(pooled_text)[:, None] * self.offset_in(offsets)[None]  # (B, F, hidden)
+        hidden = self.product(pooled_text, num_frames, x)  # (B, F, hidden)
         gamma, beta = rearrange(self.out(hidden), "b f (two c) -> two (b f) c 1 1", two=2)
         return x + gamma * x + beta
+
+
+def shift_features(x: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+    """Translate every channel map of ``x`` ``(N, C, H, W)`` by its own ``velocity`` ``(N, C, 2)`` = (dx, dy)
+    in pixels (bilinear, border values repeated): ``out(p) = x(p - v)``, so ``dx > 0`` moves content right and
+    ``dy > 0`` moves it down. ``velocity = 0`` returns ``x`` up to float rounding."""
+    n, c, h, w = x.shape
+    ys = (2 * torch.arange(h, device=x.device, dtype=x.dtype) + 1) / h - 1  # pixel centres (align_corners=False)
+    xs = (2 * torch.arange(w, device=x.device, dtype=x.dtype) + 1) / w - 1
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) as (x, y)
+    step = velocity * torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)  # pixels -> grid units
+    grid = base[None] - rearrange(step, "n c two -> (n c) 1 1 two")
+    out = F.grid_sample(rearrange(x, "n c h w -> (n c) 1 h w"), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return rearrange(out, "(n c) 1 h w -> n c h w", n=n)
+
+
+class FrameTextShift(_PromptTimesOffset):
+    """Per-frame translation of the features by a velocity from the prompt and the frame's offset from the key
+    frame (an extension, not in the paper; ``VideoUNet(frame_text_shift=True)``), applied after every temporal
+    convolution (after :class:`FrameTextModulation` where both are on):
+
+        ``h_f,c <- shift(h_f,c, v_f,c)``,  ``v_f = s * W rms_normalise((A t) * (B PE(f - (F - 1) / 2)))``
+
+    in pixels of that layer, one velocity per channel (so the layer can move the channels that carry the key
+    frame's appearance and leave those that carry the input noise). ``W`` is zero-initialised, so the layer is
+    the identity at initialisation (bilinear sampling at the pixel centres, exact).
+
+    Why: a translation is antisymmetric about the object (it adds on one side and removes on the other), so the
+    FiLM's gradient ``sum_pixels dL/dh * h`` nearly cancels over it. The gradient of a shift at ``v = 0`` is
+    ``-sum_pixels dL/dh * grad h``, which is what a translation looks like to first order: it points along
+    the motion, with its sign. It acts on the decoder's features after the AppearNet injections, so it can
+    move the key frame's appearance.
+
+    Scale: the raw product has an RMS of ~0.05 (and a prompt and its opposite differ by a third of that), so
+    ``W`` would need entries of ~10 for a shift of a pixel, thousands of Adam steps away; measured: after 500
+    steps the velocities were ~0.01 px. So the product is RMS-normalised and multiplied by ``s``
+    (``velocity_scale``, 4 px).
+    """
+
+    def __init__(self, channels: int, text_dim: int, hidden: int = 64, offset_channels: int = 32,
+                 velocity_scale: float = 4.0):
+        super().__init__(text_dim, hidden, offset_channels)
+        self.velocity_scale = velocity_scale
+        self.out = zero_module(nn.Linear(hidden, 2 * channels))  # W: zero-initialised, no shift at first
+
+    def velocity(self, pooled_text: torch.Tensor, num_frames: int, like: torch.Tensor) -> torch.Tensor:
+        """``(B, F, C, 2)``: each frame's per-channel velocity (dx, dy) in pixels."""
+        hidden = self.product(pooled_text, num_frames, like)
+        hidden = hidden * torch.rsqrt(hidden.square().mean(-1, keepdim=True) + 1e-8)
+        return rearrange(self.velocity_scale * self.out(hidden), "b f (c two) -> b f c two", two=2)
+
+    def forward(self, x: torch.Tensor, pooled_text: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return shift_features(x, rearrange(self.velocity(pooled_text, num_frames, x), "b f c two -> (b f) c two"))
 
 
 class TemporalAttention(nn.Module):
@@ -312,6 +379,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
         frame_text_modulation: scale and shift the features after every temporal conv by the prompt times the
             frame's offset from the centre frame (see :class:`FrameTextModulation`; an extension beyond the
             paper, off by default).
+        frame_text_shift: translate the features after every temporal conv by a velocity from the prompt times
+            the frame's offset (see :class:`FrameTextShift`; an extension beyond the paper, off by default).
 
     Build it with :meth:`from_pretrained_2d` (inflate SD / any diffusers U-Net), or ``VideoUNet(unet=...)``
     with an instance; save and load the whole model with ``save_pretrained`` / ``from_pretrained``.
@@ -332,6 +401,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
         spade_kernel_size: int = 3,
         temporal_text: bool = False,
         frame_text_modulation: bool = False,
+        frame_text_shift: bool = False,
         unet: UNet2DConditionModel | None = None,
     ):
         super().__init__()
@@ -353,11 +423,14 @@ class VideoUNet(ModelMixin, ConfigMixin):
         self.temporal_convs = nn.ModuleDict()
         self.temporal_attentions = nn.ModuleDict()
         self.frame_text_modulations = nn.ModuleDict()
+        self.frame_text_shifts = nn.ModuleDict()
         for path, resnet in self._layers("resnets"):
             self.temporal_convs[_key(path)] = TemporalConv(resnet.out_channels, groups, temporal_dropout)
             if frame_text_modulation:
                 self.frame_text_modulations[_key(path)] = FrameTextModulation(
                     resnet.out_channels, unet.config.cross_attention_dim)
+            if frame_text_shift:
+                self.frame_text_shifts[_key(path)] = FrameTextShift(resnet.out_channels, unet.config.cross_attention_dim)
         for path, attn in self._layers("attentions"):
             self.temporal_attentions[_key(path)] = TemporalAttention(
                 attn.in_channels, temporal_attention_head_dim, unet.config.cross_attention_dim if temporal_text else None)
@@ -486,6 +559,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
         h = self._checkpointed(self.temporal_convs[_key(path)], h, ctx.frames)
         if self.frame_text_modulations:
             h = self._checkpointed(self.frame_text_modulations[_key(path)], h, ctx.pooled_text, ctx.frames)
+        if self.frame_text_shifts:
+            h = self._checkpointed(self.frame_text_shifts[_key(path)], h, ctx.pooled_text, ctx.frames)
         return h
 
     def _attention(self, path: str, attn: nn.Module, h: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
@@ -560,7 +635,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
         ctx = _Ctx(per_frame(emb, frames), per_frame(text, frames),
                    per_frame(mask_to_bias(encoder_attention_mask, sample.dtype), frames), cross_attention_kwargs, frames,
                    pooled_text=pool_text(text, encoder_attention_mask)
-                   if self.config.temporal_text or self.config.frame_text_modulation else None)
+                   if self.config.temporal_text or self.config.frame_text_modulation or self.config.frame_text_shift
+                   else None)
 
         # 2. conv_in (+ the concatenated condition, Table 2 "Concat")
         h = unet.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))

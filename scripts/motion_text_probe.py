@@ -15,6 +15,11 @@ alone do not show the motion); a model that only reads the axis has ``reversed =
 
     python scripts/motion_text_probe.py                       # the shipped base model
     python scripts/motion_text_probe.py --model runs/video_ftm/final
+    python scripts/motion_text_probe.py --hide-motion-from 900   # inputs as configs/video_text_shift.yaml trains
+
+``--hide-motion-from T``: from timestep T up the noisy input carries the key frame instead of the clip and the
+target is the noise that takes it to the clip (noise_priors.hide_motion_at_high_noise): the motion cannot be
+read off the input there, as at the start of sampling, so only the caption can tell it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from einops import rearrange
 
 from microcinema.data.synthetic import render_clip, sample_clip
 from microcinema.diffusion import add_noise, make_training_scheduler
-from microcinema.noise_priors import appearance_noise
+from microcinema.noise_priors import appearance_noise, hide_motion_at_high_noise
 from microcinema.tasks.common import embedded_path
 from microcinema.tasks.t2i import load_vae
 from microcinema.tasks.video import key_frame_condition
@@ -52,6 +57,8 @@ def main() -> None:
     parser.add_argument("--timesteps", default="600,900,970,995", help="comma-separated (default 600,900,970,995)")
     parser.add_argument("--seed", type=int, default=77, help="clip seed (default 77)")
     parser.add_argument("--lam", type=float, default=0.03, help="Appearance Noise Prior lambda (default 0.03)")
+    parser.add_argument("--hide-motion-from", type=int, default=None,
+                        help="from this timestep up, the input holds the key frame, not the clip (default: never)")
     args = parser.parse_args()
 
     model = VideoUNet.from_pretrained(args.model or embedded_path("video")).float().eval()
@@ -76,12 +83,15 @@ def main() -> None:
         for t in timesteps:
             eps = appearance_noise(condition, torch.randn(z0.shape, generator=generator), args.lam)
             steps = torch.full((len(specs),), t)
-            z_t = add_noise(z0, eps, steps, scheduler)
+            if args.hide_motion_from is None:
+                z_t, target = add_noise(z0, eps, steps, scheduler), eps
+            else:
+                z_t, target = hide_motion_at_high_noise(z0, condition, eps, steps, args.hide_motion_from, scheduler)
             loss = {}
             for name, text in texts.items():
                 pred = model(z_t, steps, encoder_hidden_states=text.hidden_states,
                              encoder_attention_mask=text.attention_mask, condition=condition).sample
-                loss[name] = float((pred - eps)[:, :, not_key].square().mean())
+                loss[name] = float((pred - target)[:, :, not_key].square().mean())
             cells = "  ".join(f"{k} {v:.5f} ({100 * (v / loss['right'] - 1):+.1f} %)" for k, v in loss.items())
             print(f"{'/'.join(kind):12s} t={t:4d}  {cells}", flush=True)
 

@@ -62,3 +62,30 @@ def test_bad_arguments():
         appearance_noise(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))
     with pytest.raises(MicroCinemaError, match="condition must be"):
         appearance_init_mean(torch.zeros(1, 4, 2, 8, 8), 5)
+
+
+def test_hide_motion_at_high_noise_swaps_the_clip_for_the_key_frame_above_start_and_keeps_the_implied_x0():
+    from microcinema.diffusion import add_noise, alphas_cumprod_of, make_training_scheduler
+    from microcinema.noise_priors import hide_motion_at_high_noise
+
+    scheduler = make_training_scheduler()
+    g = torch.Generator().manual_seed(0)
+    z0, other = torch.randn(2, 3, 4, 5, 6, 6, generator=g)  # two different clips ...
+    key = torch.randn(3, 4, 6, 6, generator=g)  # ... with the same key frame
+    noise = torch.randn(3, 4, 5, 6, 6, generator=g)
+    t = torch.tensor([10, 899, 900])
+    z_t, target = hide_motion_at_high_noise(z0, key, noise, t, start=900, scheduler=scheduler)
+    z_other, _ = hide_motion_at_high_noise(other, key, noise, t, start=900, scheduler=scheduler)
+    # below start: the forward process, target the noise
+    torch.testing.assert_close(z_t[:2], add_noise(z0, noise, t, scheduler)[:2])
+    torch.testing.assert_close(target[:2], noise[:2])
+    assert (z_t[:2] - z_other[:2]).abs().max() > 1e-2  # the clip shows through
+    # from start up: the input holds the key frame, whatever the clip (its motion cannot be read off it) ...
+    torch.testing.assert_close(z_t[2], z_other[2])
+    torch.testing.assert_close(z_t[2:], add_noise(key[:, :, None].expand(-1, -1, 5, -1, -1), noise, t, scheduler)[2:])
+    # ... and a perfect prediction of the target still implies the clip as the clean sample
+    abar = alphas_cumprod_of(scheduler)[t].view(-1, 1, 1, 1, 1).float()
+    implied = (z_t - (1 - abar).sqrt() * target) / abar.sqrt()
+    torch.testing.assert_close(implied, z0, atol=1e-4, rtol=0)
+    with pytest.raises(MicroCinemaError, match="noise shape"):
+        hide_motion_at_high_noise(z0, key, noise[:, :, :2], t, start=900)

@@ -348,3 +348,20 @@ def test_training_helpers_5d() -> None:
 
     assert float(diffusion_loss(oracle, x0, noise, t, sched)) < 1e-10
     assert diffusion_loss(lambda z, tt: torch.zeros_like(z), x0, noise, t, sched, reduction="none").shape == (3,)
+
+
+def test_min_snr_weights_cap_the_clean_steps_and_keep_the_noisy_ones() -> None:
+    from microcinema.diffusion import alphas_cumprod_of, min_snr_weights
+    from microcinema.errors import MicroCinemaError
+
+    t = torch.arange(1000)
+    weights = min_snr_weights(t, 5.0)
+    abar = alphas_cumprod_of(None)
+    snr = (abar / (1 - abar)).float()
+    noisy = snr <= 5
+    assert 0 < int(noisy.sum()) < 1000  # SD's schedule crosses SNR 5 inside [0, 1000)
+    assert torch.all(weights[noisy] == 1)  # plain epsilon loss where SNR <= gamma
+    torch.testing.assert_close(weights[~noisy], 5 / snr[~noisy])  # x0 error weighted by gamma, not by SNR
+    assert weights[0] < 0.01 and torch.all(weights[1:] >= weights[:-1])
+    with pytest.raises(MicroCinemaError, match="gamma must be > 0"):
+        min_snr_weights(t, 0.0)

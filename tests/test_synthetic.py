@@ -124,3 +124,16 @@ def test_digits_are_load_digits_handwriting():
 def test_bad_settings_are_clear_errors(kwargs, match):
     with pytest.raises(MicroCinemaError, match=match):
         sample_clip(0, **kwargs)
+
+
+def test_digit_weight_changes_how_often_digits_are_drawn_and_defaults_to_the_domain():
+    from microcinema.data.synthetic import DIGIT_WEIGHT
+
+    def digit_share(**kwargs) -> float:
+        return np.mean([sample_clip(i, num_frames=1, **kwargs).object.startswith("digit") for i in range(1500)])
+
+    assert sample_clip(11, num_frames=1) == sample_clip(11, num_frames=1, digit_weight=DIGIT_WEIGHT)
+    assert abs(digit_share() - 1 / 3) < 0.05  # the domain: ten digits weigh as much as two shapes
+    assert abs(digit_share(digit_weight=0.8) - 2 / 3) < 0.05  # 8 against 4
+    with pytest.raises(MicroCinemaError, match="digit_weight must be a positive number"):
+        sample_clip(0, digit_weight=0.0)

@@ -134,3 +134,28 @@ def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_pat
                          init_from=str(tmp_path / "phase1"), model={"injection": "concat"}, data={"num": 4},
                          train=TINY_TRAIN)
     assert main(["train", "video", "--config", str(clash), "--output-dir", str(tmp_path / "run2")]) == 2
+
+
+def test_t2i_loss_weights_the_steps_by_min_snr_when_configured():
+    from microcinema.data.latent_cache import LatentCache
+    from microcinema.diffusion import min_snr_weights, random_timesteps
+    from microcinema.tasks.t2i import make_loss
+
+    g = torch.Generator().manual_seed(0)
+    b, shape = 64, (4, 6, 6)
+    tensors = {"latent_mean": torch.randn(b, *shape, generator=g), "latent_std": torch.ones(b, *shape),
+               "text_states": torch.randn(b, 5, 8, generator=g).half(), "text_mask": torch.ones(b, 5, dtype=torch.long),
+               "uncond_states": torch.zeros(1, 5, 8).half(), "uncond_mask": torch.ones(1, 5, dtype=torch.long)}
+    cache = LatentCache(tensors)
+    batch = {k: tensors[k] for k in LatentCache.PER_ITEM}
+    prediction = torch.randn(b, *shape, generator=g)
+    model = lambda sample, t, **kwargs: type("Output", (), {"sample": prediction})()  # noqa: E731
+    plain = make_loss(cache, 1.0, 0.0)(model, batch, torch.Generator().manual_seed(3))
+    weighted = make_loss(cache, 1.0, 0.0, min_snr_gamma=5.0)(model, batch, torch.Generator().manual_seed(3))
+    replay = torch.Generator().manual_seed(3)  # the loss draws the noise, then the timesteps
+    noise = torch.randn(batch["latent_mean"].shape, generator=replay)
+    t = random_timesteps(b, generator=replay)
+    per_sample = (prediction - noise).square().flatten(1).mean(1)
+    torch.testing.assert_close(plain, per_sample.mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(weighted, (min_snr_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
+    assert float(weighted) < float(plain)  # the clean steps (about a tenth of them) count less

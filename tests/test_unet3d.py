@@ -326,7 +326,7 @@ def test_bad_inputs_raise_one_line_errors(models, unet_dir):
         model(**{**x, "timestep": torch.tensor([1, 2, 3])})
     with pytest.raises(MicroCinemaError, match="allowed: concat, add_dec, add_encdec, add_encdec_spade"):
         VideoUNet.from_pretrained_2d(unet_dir, injection="spade")
-    with pytest.raises(MicroCinemaError, match="allowed: condition_channels, frame_text_modulation, injection"):
+    with pytest.raises(MicroCinemaError, match="allowed: condition_channels, frame_text_modulation, frame_text_shift, injection"):
         VideoUNet.from_pretrained_2d(unet_dir, injections="add_dec")
     with pytest.raises(MicroCinemaError, match="cannot load a 2D U-Net"):
         VideoUNet.from_pretrained_2d(unet_dir / "nowhere")
@@ -510,5 +510,74 @@ def test_frame_text_modulation_starts_as_identity_then_couples_prompt_and_frame_
     trained.save_pretrained(tmp_path / "trained")  # continued training adds the layers: build_model
     model = build_model({"init_from": str(tmp_path / "trained"), "model": {"frame_text_modulation": True}})
     assert model.config.frame_text_modulation and (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
+    grown.save_pretrained(tmp_path / "grown")
+    torch.testing.assert_close(VideoUNet.from_pretrained(tmp_path / "grown").eval()(**x).sample, grown(**x).sample)
+
+
+# ------------------------------------------------------------------------------ frame text shift (extension)
+
+
+def test_shift_features_translates_each_channel_by_its_velocity_in_pixels():
+    from microcinema.unet3d import shift_features
+
+    x = torch.zeros(1, 2, 8, 8)
+    x[0, :, 3, 3] = 1.0
+    out = shift_features(x, torch.tensor([[[2.0, -1.0], [0.0, 0.0]]]))  # channel 0: 2 right, 1 up; channel 1 stays
+    assert out[0, 0].nonzero().tolist() == [[2, 5]] and out[0, 0, 2, 5] == pytest.approx(1.0)
+    torch.testing.assert_close(out[0, 1], x[0, 1])
+    half = shift_features(x, torch.tensor([[[0.5, 0.0], [0.0, 0.5]]]))  # half a pixel: bilinear, mass kept
+    assert half[0, 0, 3, 3] == pytest.approx(0.5) and half[0, 0, 3, 4] == pytest.approx(0.5)
+    assert half[0, 1, 4, 3] == pytest.approx(0.5) and half.sum().item() == pytest.approx(2.0)
+    smooth = torch.randn(3, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    assert (shift_features(smooth, torch.zeros(3, 4, 2)) - smooth).abs().max().item() <= TOL  # v = 0: identity
+
+    # the point of the layer: at v = 0 the loss gradient says which way the content moved, with its sign
+    blob = torch.exp(-((torch.arange(8.0)[None] - 3.0) ** 2 + (torch.arange(8.0)[:, None] - 4.0) ** 2) / 2)[None, None]
+    for dx, dy in [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)]:
+        target = shift_features(blob, torch.tensor([[[dx, dy]]]))
+        velocity = torch.zeros(1, 1, 2, requires_grad=True)
+        ((shift_features(blob, velocity) - target) ** 2).sum().backward()
+        step = -velocity.grad[0, 0]  # descent moves the velocity along the motion, with its sign (bilinear is
+        # one-sided at v = 0 exactly, hence a smaller component across)
+        along, across = (0, 1) if dx else (1, 0)
+        assert step[along].item() * (dx or dy) > 0 and abs(step[along].item()) > 2 * abs(step[across].item())
+
+
+@torch.no_grad()
+def test_frame_text_shift_starts_as_identity_then_moves_frames_by_prompt_and_offset(models, ref2d, tmp_path):
+    from microcinema.tasks.video import build_model, grow_model
+
+    trained = copy.deepcopy(models["add_encdec_spade"])
+    x = inputs()
+    grown = grow_model(trained, frame_text_shift=True).eval()
+    assert set(grown.frame_text_shifts) == set(grown.temporal_convs)  # one after every temporal conv
+    assert (grown(**x).sample - trained(**x).sample).abs().max().item() <= TOL  # zero-initialised: same model
+    fresh = VideoUNet.from_pretrained_2d(ref2d, frame_text_shift=True, frame_text_modulation=True).eval()
+    assert (fresh(**x, encoder_attention_mask=MASK).sample - per_frame_2d(ref2d, x, MASK)).abs().max().item() <= TOL
+
+    # one layer, trained (perturbed): frames are moved, by an amount that depends on prompt and place jointly
+    layer = copy.deepcopy(next(iter(grown.frame_text_shifts.values())))
+    perturb(layer.out, seed=6)
+    channels = layer.out.out_features // 2
+    h = torch.randn(1, channels, 6, 6, generator=torch.Generator().manual_seed(1)).repeat(2 * 5, 1, 1, 1)
+    text = torch.randn(2, layer.text_in.in_features, generator=torch.Generator().manual_seed(7))
+    out = rearrange(layer(h, text, 5), "(b f) c h w -> b f c h w", f=5)
+    assert (out[:, 0] - out[:, 4]).abs().max() > 1e-3  # frames before and after the key frame differ
+    assert (out[0] - out[1]).abs().max() > 1e-3  # so do prompts
+    assert (out[0, 0] - out[0, 4] - out[1, 0] + out[1, 4]).abs().max() > 1e-3  # not separable
+    flat = torch.full((2 * 5, channels, 6, 6), 0.7)  # it only moves content: a constant map stays as it is
+    torch.testing.assert_close(layer(flat, text, 5), flat)
+
+    perturb(grown.frame_text_shifts, scale=0.05, seed=8)  # the whole model: the prompt now moves the features
+    other_text = {**x, "encoder_hidden_states": x["encoder_hidden_states"].flip(0)}
+    delta_grown = (grown(**other_text).sample - grown(**x).sample).abs().max().item()
+    delta_trained = (trained(**other_text).sample - trained(**x).sample).abs().max().item()
+    assert abs(delta_grown - delta_trained) > 1e-3
+
+    trained.save_pretrained(tmp_path / "trained")  # continued training adds the layers: build_model
+    model = build_model({"init_from": str(tmp_path / "trained"),
+                         "model": {"frame_text_modulation": True, "frame_text_shift": True}})
+    assert model.config.frame_text_shift and model.config.frame_text_modulation
+    assert (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
     grown.save_pretrained(tmp_path / "grown")
     torch.testing.assert_close(VideoUNet.from_pretrained(tmp_path / "grown").eval()(**x).sample, grown(**x).sample)

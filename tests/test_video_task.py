@@ -161,3 +161,26 @@ def test_loss_weights_high_noise_samples_as_configured():
     per_sample = (prediction - n).square().flatten(1).mean(dim=1)
     torch.testing.assert_close(loss, (x0_loss_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
     assert float(loss) > 4 * float(per_sample.mean())  # at t >= 900 every weight is the cap, 5
+
+
+def test_loss_hides_the_motion_from_the_configured_timestep_up():
+    from microcinema.diffusion import high_noise_timesteps
+    from microcinema.noise_priors import hide_motion_at_high_noise
+
+    cache, batch = fake_cache_and_batch()
+    prediction = torch.randn(B, C, FRAMES, H, W, generator=torch.Generator().manual_seed(4))
+    model = RecordingModel(prediction)
+    loss = make_loss("video", cache, 1.0, lam=0.0, condition_dropout=0.0, high_noise_fraction=0.5,
+                     high_noise_from=900, hide_motion_from=950)(model, batch, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    n = torch.randn(batch["latent_mean"].shape, generator=g)
+    t = high_noise_timesteps(B, 0.5, 900, generator=g)
+    z0 = batch["latent_mean"]
+    z_t, target = hide_motion_at_high_noise(z0, key_frame_condition(z0), n, t, 950)
+    torch.testing.assert_close(model.calls[0]["sample"], z_t, rtol=0, atol=1e-6)
+    torch.testing.assert_close(loss, F.mse_loss(prediction, target), rtol=1e-6, atol=0)
+    hidden = t >= 950
+    assert 0 < int(hidden.sum()) < B  # this seed has samples on both sides of the threshold
+    plain = add_noise(z0, n, t, make_training_scheduler())
+    assert (model.calls[0]["sample"][hidden] - plain[hidden]).abs().max() > 1e-3
+    torch.testing.assert_close(model.calls[0]["sample"][~hidden], plain[~hidden], rtol=0, atol=1e-6)

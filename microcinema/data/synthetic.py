@@ -96,9 +96,10 @@ HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = (
     ("cyan", "star", "down"), ("cyan", "digit5", "still"),
 )
 
-#: Sampling weight of each object: the ten digits together weigh as much as two shapes, so a third of
-#: the clips show a digit (each digit 1/30 of them, each shape 1/6).
-OBJECT_WEIGHTS: dict[str, float] = {o: (0.2 if o.startswith("digit") else 1.0) for o in OBJECTS}
+#: Sampling weight of each digit relative to a shape (1.0): the ten digits together weigh as much as two
+#: shapes, so a third of the clips show a digit (each digit 1/30 of them, each shape 1/6).
+DIGIT_WEIGHT = 0.2
+OBJECT_WEIGHTS: dict[str, float] = {o: (DIGIT_WEIGHT if o.startswith("digit") else 1.0) for o in OBJECTS}
 
 SPLITS = ("train", "heldout")
 _SPLIT_CODE = {"train": 0, "heldout": 1}
@@ -185,16 +186,19 @@ def _check_render_args(num_frames: int, fps: float, size: int) -> None:
 
 
 def sample_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: int = 33, fps: float = 8.0,
-                size: int = 64) -> ClipSpec:
+                size: int = 64, digit_weight: float = DIGIT_WEIGHT) -> ClipSpec:
     """Draw clip ``index`` of a split: its combination, caption and trajectory (frame i is at time i / fps).
 
-    Deterministic in ``(seed, split, index, num_frames, fps, size)``. Two renderings that cover the same
-    duration ``(num_frames - 1) / fps`` share the same trajectory, whatever their frame rates.
+    Deterministic in ``(seed, split, index, num_frames, fps, size, digit_weight)``. Two renderings that cover
+    the same duration ``(num_frames - 1) / fps`` share the same trajectory, whatever their frame rates.
+    ``digit_weight``: how often each digit is drawn relative to each shape (default :data:`DIGIT_WEIGHT`,
+    a third of the clips show a digit; 0.8 makes it two thirds).
     """
     _check_render_args(num_frames, fps, size)
+    check(digit_weight > 0 and math.isfinite(digit_weight), f"digit_weight must be a positive number, got {digit_weight!r}")
     combos = combos_for_split(split)
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
-    weights = np.array([OBJECT_WEIGHTS[o] for _, o, _ in combos])
+    weights = np.array([digit_weight if o.startswith("digit") else OBJECT_WEIGHTS[o] for _, o, _ in combos])
     colour, obj, motion = combos[rng.choice(len(combos), p=weights / weights.sum())]
     background = str(rng.choice(list(BACKGROUNDS)))
     caption = make_caption(colour, obj, motion, background, rng)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import MicroCinemaError, check
-from .synthetic import HELD_OUT_COMBOS, SPLITS, ClipSpec, make_clip, render_frame, sample_clip
+from .synthetic import DIGIT_WEIGHT, HELD_OUT_COMBOS, SPLITS, ClipSpec, make_clip, render_frame, sample_clip
 
 #: H.264 settings of the on-disk data set: 4:4:4 chroma (small coloured objects survive) and a low crf.
 DATASET_CRF = 10
@@ -36,16 +36,17 @@ class SyntheticVideoDataset(Dataset):
     (defaults: MicroCinema's base model, 9 frames at 2 fps). Items are dicts shaped like
     :class:`~microcinema.data.video_dataset.VideoCaptionDataset`'s: ``pixel_values`` (F, 3, H, W) in
     [-1, 1] and ``text``, plus the ground truth: ``colour``, ``object``, ``motion``, ``background``
-    (strings), ``centers`` (F, 2) and ``sizes`` (F,) in pixels.
+    (strings), ``centers`` (F, 2) and ``sizes`` (F,) in pixels. ``digit_weight``: see
+    :func:`~microcinema.data.synthetic.sample_clip`.
     """
 
     def __init__(self, num: int, *, seed: int = 0, split: str = "train", num_frames: int = 9, fps: float = 2.0,
-                 size: int = 64) -> None:
+                 size: int = 64, digit_weight: float = DIGIT_WEIGHT) -> None:
         check(num >= 1, f"num must be >= 1, got {num}")
         check(split in SPLITS, f"unknown split {split!r}: allowed are {', '.join(SPLITS)}")
         self.num, self.seed, self.split = num, seed, split
-        self.num_frames, self.fps, self.size = num_frames, fps, size
-        sample_clip(0, seed=seed, split=split, num_frames=num_frames, fps=fps, size=size)  # validates the settings
+        self.num_frames, self.fps, self.size, self.digit_weight = num_frames, fps, size, digit_weight
+        self._spec(0)  # validates the settings
 
     def __len__(self) -> int:
         return self.num
@@ -54,7 +55,7 @@ class SyntheticVideoDataset(Dataset):
         if not 0 <= index < self.num:
             raise IndexError(index)
         return sample_clip(index, seed=self.seed, split=self.split, num_frames=self.num_frames, fps=self.fps,
-                           size=self.size)
+                           size=self.size, digit_weight=self.digit_weight)
 
     def __getitem__(self, index: int) -> dict:
         spec = self._spec(index)

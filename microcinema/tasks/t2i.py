@@ -3,7 +3,9 @@
 Standard latent diffusion (SD's schedule, epsilon prediction, DESIGN.md section 3): key frames and
 captions are encoded once (:mod:`microcinema.data.latent_cache`), then the U-Net learns
 ``|| eps - unet(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t, text) ||^2`` with 10 % of the captions replaced
-by the empty prompt, for classifier-free guidance.
+by the empty prompt, for classifier-free guidance. Options (``loss:`` in the config): ``min_snr_gamma``
+weights the steps by Min-SNR (:func:`~microcinema.diffusion.min_snr_weights`); ``data: digit_weight`` draws
+the digits more often than the domain does (:func:`~microcinema.data.synthetic.sample_clip`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from ..data.latent_cache import LatentCache
+from ..data.synthetic import DIGIT_WEIGHT
 from ..data.synthetic_dataset import SyntheticKeyFrameDataset
-from ..diffusion import add_noise, make_training_scheduler, random_timesteps
+from ..diffusion import add_noise, make_training_scheduler, min_snr_weights, per_sample_mse, random_timesteps
 from ..trainer import Trainer, condition_dropout_mask
 from .common import build_latent_cache, embedded_path, require_sections, export_fp16, provenance, train_config
 
@@ -50,7 +53,8 @@ def sample_latents(batch: dict, scaling_factor: float, generator: torch.Generato
     return (mean + batch["latent_std"] * noise) * scaling_factor
 
 
-def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: float, latents: str = "mode"):
+def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: float, latents: str = "mode",
+              min_snr_gamma: float | None = None):
     scheduler = make_training_scheduler()
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -61,14 +65,17 @@ def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: floa
         states, mask = text_conditioning(batch, cache, drop)
         eps = model(add_noise(z0, noise, t, scheduler), t, encoder_hidden_states=states,
                     encoder_attention_mask=mask).sample
-        return torch.nn.functional.mse_loss(eps, noise)
+        if min_snr_gamma is None:
+            return torch.nn.functional.mse_loss(eps, noise)
+        return (min_snr_weights(t, min_snr_gamma, scheduler) * per_sample_mse(eps, noise)).mean()
 
     return loss_fn
 
 
 def build_cache(config: dict[str, Any], output_dir: str | Path, vae: AutoencoderKL) -> LatentCache:
     data = config["data"]
-    dataset = SyntheticKeyFrameDataset(data["num"], seed=data["seed"], size=data["size"])
+    dataset = SyntheticKeyFrameDataset(data["num"], seed=data["seed"], size=data["size"],
+                                       digit_weight=data.get("digit_weight", DIGIT_WEIGHT))
     return build_latent_cache(config, output_dir, vae, dataset, "keyframes")
 
 
@@ -81,7 +88,8 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     cache = build_cache(config, output_dir, vae)
     unet = UNet2DConditionModel(**config["model"])
     loss_fn = make_loss(cache, vae.config.scaling_factor, config["loss"]["condition_dropout"],
-                        latents=config["loss"].get("latents", "mode"))
+                        latents=config["loss"].get("latents", "mode"),
+                        min_snr_gamma=config["loss"].get("min_snr_gamma"))
     result = Trainer(unet, cache, loss_fn, train_settings).train()
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
               "final_loss": result.last_loss, "params": sum(p.numel() for p in unet.parameters())}

@@ -28,7 +28,7 @@ from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticVideoDataset
 from ..diffusion import add_noise, high_noise_timesteps, make_training_scheduler, per_sample_mse, x0_loss_weights
 from ..errors import MicroCinemaError, check
-from ..noise_priors import appearance_noise
+from ..noise_priors import appearance_noise, hide_motion_at_high_noise
 from ..trainer import Trainer, condition_dropout_mask
 from .common import build_latent_cache, embedded_path, export_fp16, provenance, require_sections, train_config
 from .t2i import load_vae, sample_latents, text_conditioning
@@ -55,10 +55,12 @@ def make_condition(kind: str, z0: torch.Tensor) -> torch.Tensor:
 
 def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: float, condition_dropout: float,
               latents: str = "mode", high_noise_fraction: float = 0.0, high_noise_from: int = 850,
-              max_x0_weight: float = 1.0):
+              max_x0_weight: float = 1.0, hide_motion_from: int | None = None):
     """The training loss. ``high_noise_fraction`` / ``high_noise_from``: extra timesteps from
     ``[high_noise_from, 1000)`` (:func:`~microcinema.diffusion.high_noise_timesteps`); ``max_x0_weight``:
-    weight the high noise levels as an x0-loss, up to that factor (:func:`~microcinema.diffusion.x0_loss_weights`).
+    weight the high noise levels as an x0-loss, up to that factor (:func:`~microcinema.diffusion.x0_loss_weights`);
+    ``hide_motion_from``: from that timestep up, the input's signal is the condition, not the clip
+    (:func:`~microcinema.noise_priors.hide_motion_at_high_noise`).
     Defaults: the plain epsilon loss with uniform timesteps (the paper's)."""
     scheduler = make_training_scheduler()
 
@@ -71,9 +73,12 @@ def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: floa
         t = high_noise_timesteps(len(z0), high_noise_fraction, high_noise_from, generator=generator).to(z0.device)
         p_drop = condition_dropout if kind == "video" else 1.0  # interp: always the empty prompt
         states, mask = text_conditioning(batch, cache, condition_dropout_mask(len(z0), p_drop, generator))
-        pred = model(add_noise(z0, eps, t, scheduler), t, encoder_hidden_states=states,
-                     encoder_attention_mask=mask, condition=condition).sample
-        return (x0_loss_weights(t, max_x0_weight, scheduler) * per_sample_mse(pred, eps)).mean()
+        if hide_motion_from is None:
+            z_t, target = add_noise(z0, eps, t, scheduler), eps
+        else:
+            z_t, target = hide_motion_at_high_noise(z0, condition, eps, t, hide_motion_from, scheduler)
+        pred = model(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, condition=condition).sample
+        return (x0_loss_weights(t, max_x0_weight, scheduler) * per_sample_mse(pred, target)).mean()
 
     return loss_fn
 
@@ -108,7 +113,8 @@ def build_model(config: dict[str, Any]):
 
 #: VideoUNet options that, set to true, add zero-initialised layers (so a trained model can be grown with
 #: them) -> the parameter-name fragment of those layers.
-GROWABLE: dict[str, str] = {"temporal_text": ".text_proj.", "frame_text_modulation": "frame_text_modulations."}
+GROWABLE: dict[str, str] = {"temporal_text": ".text_proj.", "frame_text_modulation": "frame_text_modulations.",
+                             "frame_text_shift": "frame_text_shifts."}
 
 
 def _growable(options: dict[str, Any]) -> bool:
@@ -156,7 +162,8 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     loss_fn = make_loss(kind, cache, vae.config.scaling_factor, lam=loss.get("noise_prior_lambda", 0.03),
                         condition_dropout=loss.get("condition_dropout", 0.1), latents=loss.get("latents", "mode"),
                         high_noise_fraction=loss.get("high_noise_fraction", 0.0),
-                        high_noise_from=loss.get("high_noise_from", 850), max_x0_weight=loss.get("max_x0_weight", 1.0))
+                        high_noise_from=loss.get("high_noise_from", 850), max_x0_weight=loss.get("max_x0_weight", 1.0),
+                        hide_motion_from=loss.get("hide_motion_from"))
     groups = model.parameter_groups(train_settings.learning_rate, spatial_lr_scale=loss.get("spatial_lr_scale", 0.1))
     result = Trainer(model, cache, loss_fn, train_settings, param_groups=groups).train()
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
