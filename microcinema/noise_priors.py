@@ -82,6 +82,12 @@ def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, time
     the direction of a translation came out at chance. This removes the leak's motion, not the leak (the key
     frame's signal stays, as at sampling); zero-terminal-SNR schedules (Lin et al. 2024) remove the leak
     altogether but need v-prediction and a new schedule for the whole family.
+
+    Measured (``configs/video_text_shift.yaml``, ``start = 900``, from the phase-4 model, with
+    :class:`~microcinema.unet3d.FrameTextShift`): in ``scripts/motion_text_probe.py --hide-motion-from 900`` the
+    reversed caption cost +25-33 % (left/right) and +72-84 % (up/down) at t >= 900 after 500 steps and +300-410 %
+    / +225-320 % after 2000 (phase 4 on the same input: -0.8 to +0.1 % / +4 to +6 %); 100 stage-two prompts:
+    motion right 92 % (phase 4: 70 %), every miss a reversal.
     """
     check(noise.shape == z0.shape, f"noise shape {tuple(noise.shape)} differs from z0 shape {tuple(z0.shape)}")
     a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), z0)
