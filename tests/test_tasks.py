@@ -55,8 +55,9 @@ def test_vae_task_exports_fp16_with_provenance(trained_vae):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
 
 
-def test_t2i_task_trains_on_cached_latents_and_loads_as_pipeline(trained_vae, tmp_path, minilm_encoder):
-    config = write_config(tmp_path / "t2i.yaml", "t2i", vae=str(trained_vae / "export"),
+@pytest.mark.parametrize("name", ["t2i", "t2i_balanced"])  # the shipped recipe, and the tried one (digit_weight, Min-SNR)
+def test_t2i_task_trains_on_cached_latents_and_loads_as_pipeline(trained_vae, tmp_path, minilm_encoder, name):
+    config = write_config(tmp_path / "t2i.yaml", name, vae=str(trained_vae / "export"),
                           model={"block_out_channels": [8, 16, 16], "attention_head_dim": [2, 2, 2],
                                  "norm_num_groups": 4},
                           data={"num": 16}, train=TINY_TRAIN)
