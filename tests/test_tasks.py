@@ -137,7 +137,7 @@ def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_pat
     assert main(["train", "video", "--config", str(clash), "--output-dir", str(tmp_path / "run2")]) == 2
 
 
-def test_t2i_loss_weights_the_steps_by_min_snr_when_configured():
+def test_t2i_loss_weights_the_steps_by_min_snr_or_as_x0_loss_when_configured():
     from microcinema.data.latent_cache import LatentCache
     from microcinema.diffusion import min_snr_weights, random_timesteps
     from microcinema.tasks.t2i import make_loss
@@ -160,3 +160,8 @@ def test_t2i_loss_weights_the_steps_by_min_snr_when_configured():
     torch.testing.assert_close(plain, per_sample.mean(), rtol=1e-6, atol=0)
     torch.testing.assert_close(weighted, (min_snr_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
     assert float(weighted) < float(plain)  # the clean steps (about a tenth of them) count less
+    from microcinema.diffusion import x0_loss_weights
+
+    x0 = make_loss(cache, 1.0, 0.0, max_x0_weight=5.0)(model, batch, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(x0, (x0_loss_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
+    assert float(x0) > 2 * float(plain)  # most timesteps have SNR < 1/5 and count 5x

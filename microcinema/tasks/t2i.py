@@ -4,7 +4,8 @@ Standard latent diffusion (SD's schedule, epsilon prediction, DESIGN.md section 
 captions are encoded once (:mod:`microcinema.data.latent_cache`), then the U-Net learns
 ``|| eps - unet(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t, text) ||^2`` with 10 % of the captions replaced
 by the empty prompt, for classifier-free guidance. Options (``loss:`` in the config): ``min_snr_gamma``
-weights the steps by Min-SNR (:func:`~microcinema.diffusion.min_snr_weights`); ``data: digit_weight`` draws
+weights the steps by Min-SNR (:func:`~microcinema.diffusion.min_snr_weights`); ``max_x0_weight`` weights the
+high noise levels as an x0-loss up to that factor (:func:`~microcinema.diffusion.x0_loss_weights`); ``data: digit_weight`` draws
 the digits more often than the domain does (:func:`~microcinema.data.synthetic.sample_clip`).
 """
 
@@ -21,7 +22,8 @@ from torch import nn
 from ..data.latent_cache import LatentCache
 from ..data.synthetic import DIGIT_WEIGHT
 from ..data.synthetic_dataset import SyntheticKeyFrameDataset
-from ..diffusion import add_noise, make_training_scheduler, min_snr_weights, per_sample_mse, random_timesteps
+from ..diffusion import (add_noise, make_training_scheduler, min_snr_weights, per_sample_mse, random_timesteps,
+                         x0_loss_weights)
 from ..trainer import Trainer, condition_dropout_mask
 from .common import build_latent_cache, embedded_path, require_sections, export_fp16, provenance, train_config
 
@@ -54,7 +56,7 @@ def sample_latents(batch: dict, scaling_factor: float, generator: torch.Generato
 
 
 def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: float, latents: str = "mode",
-              min_snr_gamma: float | None = None):
+              min_snr_gamma: float | None = None, max_x0_weight: float = 1.0):
     scheduler = make_training_scheduler()
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -65,9 +67,10 @@ def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: floa
         states, mask = text_conditioning(batch, cache, drop)
         eps = model(add_noise(z0, noise, t, scheduler), t, encoder_hidden_states=states,
                     encoder_attention_mask=mask).sample
-        if min_snr_gamma is None:
-            return torch.nn.functional.mse_loss(eps, noise)
-        return (min_snr_weights(t, min_snr_gamma, scheduler) * per_sample_mse(eps, noise)).mean()
+        weights = x0_loss_weights(t, max_x0_weight, scheduler)  # 1 everywhere unless max_x0_weight > 1
+        if min_snr_gamma is not None:
+            weights = weights * min_snr_weights(t, min_snr_gamma, scheduler)
+        return (weights * per_sample_mse(eps, noise)).mean()
 
     return loss_fn
 
@@ -89,7 +92,8 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     unet = UNet2DConditionModel(**config["model"])
     loss_fn = make_loss(cache, vae.config.scaling_factor, config["loss"]["condition_dropout"],
                         latents=config["loss"].get("latents", "mode"),
-                        min_snr_gamma=config["loss"].get("min_snr_gamma"))
+                        min_snr_gamma=config["loss"].get("min_snr_gamma"),
+                        max_x0_weight=config["loss"].get("max_x0_weight", 1.0))
     result = Trainer(unet, cache, loss_fn, train_settings).train()
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
               "final_loss": result.last_loss, "params": sum(p.numel() for p in unet.parameters())}
