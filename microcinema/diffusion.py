@@ -275,6 +275,12 @@ def high_noise_timesteps(batch_size: int, fraction: float, low: int, *, generato
     return torch.where(pick, high, uniform)
 
 
+def snr(timesteps: Tensor, scheduler: Any = None) -> Tensor:
+    """Signal-to-noise ratio ``abar_t / (1 - abar_t)`` of integer ``timesteps`` (float64, on their device)."""
+    abar = alphas_cumprod_of(scheduler).to(timesteps.device)[timesteps.long()]
+    return abar / (1 - abar)
+
+
 def x0_loss_weights(timesteps: Tensor, max_weight: float, scheduler: Any = None) -> Tensor:
     """Per-sample weights ``clamp(1 / SNR(t), 1, max_weight)`` for the epsilon loss, ``SNR = abar / (1 - abar)``.
 
@@ -285,8 +291,7 @@ def x0_loss_weights(timesteps: Tensor, max_weight: float, scheduler: Any = None)
     """
     if max_weight < 1:
         raise MicroCinemaError(f"max_weight must be >= 1, got {max_weight}")
-    abar = alphas_cumprod_of(scheduler).to(timesteps.device)[timesteps.long()]
-    return ((1 - abar) / abar).clamp(1.0, max_weight).float()
+    return (1 / snr(timesteps, scheduler)).clamp(1.0, max_weight).float()
 
 
 def min_snr_weights(timesteps: Tensor, gamma: float, scheduler: Any = None) -> Tensor:
@@ -299,6 +304,5 @@ def min_snr_weights(timesteps: Tensor, gamma: float, scheduler: Any = None) -> T
     """
     if not gamma > 0:
         raise MicroCinemaError(f"min-SNR gamma must be > 0, got {gamma}")
-    abar = alphas_cumprod_of(scheduler).to(timesteps.device)[timesteps.long()]
-    snr = abar / (1 - abar)
-    return (snr.clamp(max=gamma) / snr).float()
+    ratio = snr(timesteps, scheduler)
+    return (ratio.clamp(max=gamma) / ratio).float()

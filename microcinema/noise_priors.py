@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .diffusion import _timestep_coefficients, alphas_cumprod_of
+from .diffusion import _timestep_coefficients, add_noise, alphas_cumprod_of
 from .errors import check
 
 #: MicroCinema's best setting (paper Fig. 5).
@@ -63,7 +63,7 @@ def appearance_init_mean(condition: Tensor, num_frames: int, lam: float = DEFAUL
     return (lam + gamma) * _as_condition_video(condition, num_frames)
 
 
-def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, timesteps: Tensor, start: int,
+def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, timesteps: Tensor, start: int | None,
                               scheduler: object = None) -> tuple[Tensor, Tensor]:
     """Training input ``z_t`` and epsilon target where, for ``t >= start``, the signal in ``z_t`` is the
     condition (the key frame repeated) instead of the clip ``z0``:
@@ -72,7 +72,8 @@ def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, time
         ``    = eps + sqrt(abar / (1 - abar)) (z_c - z0)``,
 
     so the clean sample implied by a perfect prediction is still ``z0`` (the loss is the usual one, on a
-    different input). Below ``start`` it is the forward process, ``add_noise(z0, eps, t)`` and target ``eps``.
+    different input). Below ``start`` (everywhere when ``start`` is None) it is the forward process,
+    ``add_noise(z0, eps, t)`` and target ``eps``.
 
     Why: SD's schedule ends at ``abar_999 = 0.0047``, not 0, so at training even ``t = 999`` leaves a faint
     ``0.07 z0``: the whole motion, readable summed over an object. A model learns to read where the object is
@@ -90,6 +91,8 @@ def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, time
     motion right 92 % (phase 4: 70 %), every miss a reversal.
     """
     check(noise.shape == z0.shape, f"noise shape {tuple(noise.shape)} differs from z0 shape {tuple(z0.shape)}")
+    if start is None:
+        return add_noise(z0, noise, timesteps, scheduler), noise
     a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), z0)
     key = _as_condition_video(condition, z0.shape[2]).to(z0.dtype)
     hide = (timesteps.to(z0.device) >= start).view(-1, *[1] * (z0.ndim - 1))

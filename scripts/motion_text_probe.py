@@ -30,7 +30,7 @@ import torch
 from einops import rearrange
 
 from microcinema.data.synthetic import render_clip, sample_clip
-from microcinema.diffusion import add_noise, make_training_scheduler
+from microcinema.diffusion import make_training_scheduler
 from microcinema.noise_priors import appearance_noise, hide_motion_at_high_noise
 from microcinema.tasks.common import embedded_path
 from microcinema.tasks.t2i import load_vae
@@ -83,10 +83,7 @@ def main() -> None:
         for t in timesteps:
             eps = appearance_noise(condition, torch.randn(z0.shape, generator=generator), args.lam)
             steps = torch.full((len(specs),), t)
-            if args.hide_motion_from is None:
-                z_t, target = add_noise(z0, eps, steps, scheduler), eps
-            else:
-                z_t, target = hide_motion_at_high_noise(z0, condition, eps, steps, args.hide_motion_from, scheduler)
+            z_t, target = hide_motion_at_high_noise(z0, condition, eps, steps, args.hide_motion_from, scheduler)
             loss = {}
             for name, text in texts.items():
                 pred = model(z_t, steps, encoder_hidden_states=text.hidden_states,

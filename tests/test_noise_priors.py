@@ -87,5 +87,7 @@ def test_hide_motion_at_high_noise_swaps_the_clip_for_the_key_frame_above_start_
     abar = alphas_cumprod_of(scheduler)[t].view(-1, 1, 1, 1, 1).float()
     implied = (z_t - (1 - abar).sqrt() * target) / abar.sqrt()
     torch.testing.assert_close(implied, z0, atol=1e-4, rtol=0)
+    plain, plain_target = hide_motion_at_high_noise(z0, key, noise, t, start=None, scheduler=scheduler)  # never hide
+    assert torch.equal(plain, add_noise(z0, noise, t, scheduler)) and torch.equal(plain_target, noise)
     with pytest.raises(MicroCinemaError, match="noise shape"):
         hide_motion_at_high_noise(z0, key, noise[:, :, :2], t, start=900)

@@ -99,7 +99,6 @@ HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = (
 #: Sampling weight of each digit relative to a shape (1.0): the ten digits together weigh as much as two
 #: shapes, so a third of the clips show a digit (each digit 1/30 of them, each shape 1/6).
 DIGIT_WEIGHT = 0.2
-OBJECT_WEIGHTS: dict[str, float] = {o: (DIGIT_WEIGHT if o.startswith("digit") else 1.0) for o in OBJECTS}
 
 SPLITS = ("train", "heldout")
 _SPLIT_CODE = {"train": 0, "heldout": 1}
@@ -198,7 +197,7 @@ def sample_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: 
     check(digit_weight > 0 and math.isfinite(digit_weight), f"digit_weight must be a positive number, got {digit_weight!r}")
     combos = combos_for_split(split)
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
-    weights = np.array([digit_weight if o.startswith("digit") else OBJECT_WEIGHTS[o] for _, o, _ in combos])
+    weights = np.array([digit_weight if o.startswith("digit") else 1.0 for _, o, _ in combos])
     colour, obj, motion = combos[rng.choice(len(combos), p=weights / weights.sum())]
     background = str(rng.choice(list(BACKGROUNDS)))
     caption = make_caption(colour, obj, motion, background, rng)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.latent_cache import LatentCache
 from ..data.synthetic_dataset import SyntheticVideoDataset
-from ..diffusion import add_noise, high_noise_timesteps, make_training_scheduler, per_sample_mse, x0_loss_weights
+from ..diffusion import high_noise_timesteps, make_training_scheduler, per_sample_mse, x0_loss_weights
 from ..errors import MicroCinemaError, check
 from ..noise_priors import appearance_noise, hide_motion_at_high_noise
 from ..trainer import Trainer, condition_dropout_mask
@@ -73,10 +73,7 @@ def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: floa
         t = high_noise_timesteps(len(z0), high_noise_fraction, high_noise_from, generator=generator).to(z0.device)
         p_drop = condition_dropout if kind == "video" else 1.0  # interp: always the empty prompt
         states, mask = text_conditioning(batch, cache, condition_dropout_mask(len(z0), p_drop, generator))
-        if hide_motion_from is None:
-            z_t, target = add_noise(z0, eps, t, scheduler), eps
-        else:
-            z_t, target = hide_motion_at_high_noise(z0, condition, eps, t, hide_motion_from, scheduler)
+        z_t, target = hide_motion_at_high_noise(z0, condition, eps, t, hide_motion_from, scheduler)
         pred = model(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask, condition=condition).sample
         return (x0_loss_weights(t, max_x0_weight, scheduler) * per_sample_mse(pred, target)).mean()
 
