@@ -58,12 +58,15 @@ def embed_time(
     *,
     class_embed_type: str | None = None,
     class_embeddings_concat: bool = False,
+    text_states: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The ``(batch, D)`` time embedding, as ``UNet2DConditionModel`` computes it.
 
     ``owner`` has the U-Net's ``time_proj``, ``time_embedding``, ``class_embedding`` and ``time_embed_act``
     (a ``UNet2DConditionModel`` or an :class:`AppearNet`). With ``class_embed_type="timestep"`` (ART-V's
-    noise-augmentation level) ``class_labels`` are projected like timesteps, then embedded and added.
+    noise-augmentation level) ``class_labels`` are projected like timesteps, then embedded and added. When
+    the owner has an ``add_embedding`` (diffusers' ``addition_embed_type="text"``: attention pooling of the
+    prompt's token states), its embedding of ``text_states`` ``(B, L, D)`` is added too.
     """
     t_emb = owner.time_proj(timestep_batch(timestep, batch, device)).to(dtype=dtype)
     emb = owner.time_embedding(t_emb, None)
@@ -76,6 +79,10 @@ def embed_time(
             labels = owner.time_proj(labels).to(dtype=dtype)
         class_emb = owner.class_embedding(labels).to(dtype=dtype)
         emb = torch.cat([emb, class_emb], dim=-1) if class_embeddings_concat else emb + class_emb
+    add_embedding = getattr(owner, "add_embedding", None)
+    if add_embedding is not None:
+        check(text_states is not None, "this U-Net embeds the prompt into its time embedding: pass text_states")
+        emb = emb + add_embedding(text_states).to(dtype=dtype)
     if owner.time_embed_act is not None:
         emb = owner.time_embed_act(emb)
     return emb
@@ -128,7 +135,8 @@ class AppearNet(nn.Module):
     """A ControlNet-style copy of a U-Net's encoder and middle, fed a per-frame condition latent video.
 
     Built from a ``UNet2DConditionModel`` whose weights it copies (``conv_in``, ``time_proj``,
-    ``time_embedding``, ``class_embedding``, ``time_embed_act``, ``down_blocks``, ``mid_block``). It has no
+    ``time_embedding``, ``class_embedding``, ``add_embedding`` when there is one, ``time_embed_act``,
+    ``down_blocks``, ``mid_block``). It has no
     configuration of its own: it is saved and loaded as part of :class:`~microcinema.unet3d.VideoUNet`
     (``appearnet.*`` keys), which rebuilds it from the U-Net config.
 
@@ -150,6 +158,8 @@ class AppearNet(nn.Module):
         self.time_proj = copy.deepcopy(unet.time_proj)
         self.time_embedding = copy.deepcopy(unet.time_embedding)
         self.class_embedding = copy.deepcopy(unet.class_embedding)
+        # the pooled-prompt embedding of addition_embed_type="text" (None for SD 1.x/2.x U-Nets)
+        self.add_embedding = copy.deepcopy(unet.add_embedding) if config.addition_embed_type == "text" else None
         self.time_embed_act = copy.deepcopy(unet.time_embed_act)
         self.down_blocks = copy.deepcopy(unet.down_blocks)
         self.mid_block = copy.deepcopy(unet.mid_block)
@@ -195,7 +205,7 @@ class AppearNet(nn.Module):
         batch, _, frames = condition.shape[:3]
         emb = embed_time(self, timestep, batch, condition.dtype, condition.device, class_labels,
                          class_embed_type=self.class_embed_type,
-                         class_embeddings_concat=self.class_embeddings_concat)
+                         class_embeddings_concat=self.class_embeddings_concat, text_states=encoder_hidden_states)
         emb = per_frame(emb, frames)
         text = per_frame(encoder_hidden_states, frames)
         text_bias = per_frame(mask_to_bias(encoder_attention_mask, condition.dtype), frames)

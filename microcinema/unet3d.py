@@ -373,7 +373,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
     Config keys:
         unet_config: the wrapped ``UNet2DConditionModel``'s config (SD 1.x/2.x layouts: ``CrossAttnDownBlock2D``
             / ``DownBlock2D``, ``UNetMidBlock2DCrossAttn``, ``CrossAttnUpBlock2D`` / ``UpBlock2D``;
-            ``class_embed_type`` supported, ``addition_embed_type`` not).
+            ``class_embed_type`` supported, ``addition_embed_type`` None or ``"text"``).
         injection: one of :data:`INJECTION_MODES` (paper Table 2); default ``"add_encdec_spade"``.
         condition_channels: channels of the condition latent (default: the U-Net's ``in_channels``).
         temporal_attention_head_dim: width of the temporal attention heads (``channels // it`` heads, >= 1).
@@ -632,7 +632,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
 
         # 1. time and text, shared by all frames of a sample
         emb = embed_time(unet, timestep, batch, sample.dtype, sample.device, class_labels,
-                         class_embed_type=cfg.class_embed_type, class_embeddings_concat=cfg.class_embeddings_concat)
+                         class_embed_type=cfg.class_embed_type, class_embeddings_concat=cfg.class_embeddings_concat,
+                         text_states=encoder_hidden_states)
         text = unet.process_encoder_hidden_states(encoder_hidden_states, {})
         if condition is not None and condition.shape[2] > 1 and condition.stride(2) == 0:
             condition = condition[:, :, :1]  # a key frame .expand()-ed over frames: run AppearNet on it once
@@ -719,8 +720,10 @@ def _check_supported(unet: UNet2DConditionModel) -> None:
                                                 CrossAttnUpBlock2D, UpBlock2D)),
             f"VideoUNet cannot inflate a U-Net with {type(block).__name__}; allowed blocks: {allowed}",
         )
-    check(cfg.addition_embed_type is None,
-          f"VideoUNet supports U-Nets without addition_embed_type (SD 1.x/2.x); got {cfg.addition_embed_type!r}")
+    check(cfg.addition_embed_type in (None, "text"),
+          f"VideoUNet supports addition_embed_type None (SD 1.x/2.x) or 'text'; got {cfg.addition_embed_type!r}")
+    check(cfg.addition_embed_type is None or cfg.encoder_hid_dim_type is None,
+          "VideoUNet supports addition_embed_type 'text' only without encoder_hid_dim_type")
     check(cfg.encoder_hid_dim_type in (None, "text_proj"),
           f"VideoUNet supports encoder_hid_dim_type None or 'text_proj'; got {cfg.encoder_hid_dim_type!r}")
 

@@ -55,7 +55,7 @@ def test_vae_task_exports_fp16_with_provenance(trained_vae):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("name", ["t2i", "t2i_balanced"])  # the shipped recipe, and the tried one (digit_weight, Min-SNR)
+@pytest.mark.parametrize("name", ["t2i", "t2i_balanced", "t2i_hide_layout", "t2i_text_embed"])  # shipped + tried
 def test_t2i_task_trains_on_cached_latents_and_loads_as_pipeline(trained_vae, tmp_path, minilm_encoder, name):
     config = write_config(tmp_path / "t2i.yaml", name, vae=str(trained_vae / "export"),
                           model={"block_out_channels": [8, 16, 16], "attention_head_dim": [2, 2, 2],
@@ -165,3 +165,20 @@ def test_t2i_loss_weights_the_steps_by_min_snr_or_as_x0_loss_when_configured():
     x0 = make_loss(cache, 1.0, 0.0, max_x0_weight=5.0)(model, batch, torch.Generator().manual_seed(3))
     torch.testing.assert_close(x0, (x0_loss_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
     assert float(x0) > 2 * float(plain)  # most timesteps have SNR < 1/5 and count 5x
+
+    from microcinema.diffusion import add_noise
+    from microcinema.noise_priors import hide_layout_at_high_noise
+
+    seen = {}
+
+    def recording(sample, t, **kwargs):
+        seen["sample"] = sample
+        return type("Output", (), {"sample": prediction})()
+
+    hidden = make_loss(cache, 1.0, 0.0, hide_layout_from=800)(recording, batch, torch.Generator().manual_seed(3))
+    z_t, target = hide_layout_at_high_noise(batch["latent_mean"], noise, t, 800)
+    torch.testing.assert_close(seen["sample"], z_t)
+    torch.testing.assert_close(hidden, (prediction - target).square().flatten(1).mean(1).mean(), rtol=1e-6, atol=0)
+    high = t >= 800
+    assert high.any() and (~high).any()
+    assert (z_t[high] - add_noise(batch["latent_mean"], noise, t)[high]).abs().max() > 1e-3  # the input changed there

@@ -126,6 +126,37 @@ def test_class_embedding_timestep_is_supported():
         model(**x)
 
 
+def test_pooled_prompt_addition_embedding_is_supported(tmp_path):
+    """A U-Net with diffusers' ``addition_embed_type="text"`` (the prompt pooled into the time embedding, as
+    the candidate embedded text-to-image model has) inflates to the 2D model frame by frame, AppearNet
+    included, and round-trips through save_pretrained; other addition embeddings are refused by name."""
+    unet = tiny_unet2d(seed=4, addition_embed_type="text", addition_embed_type_num_heads=4)
+    model = VideoUNet.from_pretrained_2d(unet, injection="add_encdec_spade").eval()
+    assert model.appearnet.add_embedding is not None
+    x = inputs()
+    with torch.no_grad():
+        perturb(model.appearnet.add_embedding, seed=5)  # AppearNet's own copy; its injections are zero at init
+        out = model(**x).sample
+        assert (out - per_frame_2d(unet, x)).abs().max().item() <= TOL
+        # the U-Net's own pooled-prompt embedding is used: change it and the output changes
+        changed = copy.deepcopy(model)
+        perturb(changed.unet.add_embedding, seed=7)
+        assert (changed(**x).sample - out).abs().max().item() > 1e-4
+        for branch in model.injections.values():
+            perturb(branch, seed=6)
+        injected = model(**x).sample
+        model.appearnet.add_embedding.load_state_dict(unet.add_embedding.state_dict())
+        assert (model(**x).sample - injected).abs().max().item() > 1e-5
+    model.save_pretrained(tmp_path / "video")
+    loaded = VideoUNet.from_pretrained(tmp_path / "video").eval()
+    with torch.no_grad():
+        assert (loaded(**x).sample - model(**x).sample).abs().max().item() <= TOL
+    with pytest.raises(MicroCinemaError, match="addition_embed_type"):
+        VideoUNet.from_pretrained_2d(tiny_unet2d(seed=4, addition_embed_type="text_time",
+                                                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=48),
+                                     injection="add_dec")
+
+
 # ------------------------------------------------------------------------------------------------ weights
 
 

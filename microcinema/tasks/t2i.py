@@ -22,8 +22,9 @@ from torch import nn
 from ..data.latent_cache import LatentCache
 from ..data.synthetic import DIGIT_WEIGHT
 from ..data.synthetic_dataset import SyntheticKeyFrameDataset
-from ..diffusion import (add_noise, make_training_scheduler, min_snr_weights, per_sample_mse, random_timesteps,
+from ..diffusion import (make_training_scheduler, min_snr_weights, per_sample_mse, random_timesteps,
                          x0_loss_weights)
+from ..noise_priors import hide_layout_at_high_noise
 from ..trainer import Trainer, condition_dropout_mask
 from .common import build_latent_cache, embedded_path, require_sections, export_fp16, provenance, train_config
 
@@ -56,7 +57,7 @@ def sample_latents(batch: dict, scaling_factor: float, generator: torch.Generato
 
 
 def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: float, latents: str = "mode",
-              min_snr_gamma: float | None = None, max_x0_weight: float = 1.0):
+              min_snr_gamma: float | None = None, max_x0_weight: float = 1.0, hide_layout_from: int | None = None):
     scheduler = make_training_scheduler()
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -65,12 +66,12 @@ def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: floa
         t = random_timesteps(len(z0), generator=generator).to(z0.device)
         drop = condition_dropout_mask(len(z0), condition_dropout, generator)
         states, mask = text_conditioning(batch, cache, drop)
-        eps = model(add_noise(z0, noise, t, scheduler), t, encoder_hidden_states=states,
-                    encoder_attention_mask=mask).sample
+        z_t, target = hide_layout_at_high_noise(z0, noise, t, hide_layout_from, scheduler)  # None: forward process
+        eps = model(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
         weights = x0_loss_weights(t, max_x0_weight, scheduler)  # 1 everywhere unless max_x0_weight > 1
         if min_snr_gamma is not None:
             weights = weights * min_snr_weights(t, min_snr_gamma, scheduler)
-        return (weights * per_sample_mse(eps, noise)).mean()
+        return (weights * per_sample_mse(eps, target)).mean()
 
     return loss_fn
 
@@ -93,7 +94,8 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     loss_fn = make_loss(cache, vae.config.scaling_factor, config["loss"]["condition_dropout"],
                         latents=config["loss"].get("latents", "mode"),
                         min_snr_gamma=config["loss"].get("min_snr_gamma"),
-                        max_x0_weight=config["loss"].get("max_x0_weight", 1.0))
+                        max_x0_weight=config["loss"].get("max_x0_weight", 1.0),
+                        hide_layout_from=config["loss"].get("hide_layout_from"))
     result = Trainer(unet, cache, loss_fn, train_settings).train()
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
               "final_loss": result.last_loss, "params": sum(p.numel() for p in unet.parameters())}
