@@ -14,6 +14,9 @@ MicroCinema uses it for its key frame (the centre frame of stage two): ``MicroCi
 pin_key_frame=True)``. With the Appearance Noise Prior the known frames' noise follows the training noise,
 ``eps_known = n + lambda z_c`` (section 3.3, eq. 3), so the pinned frame looks like the frames the model saw in
 training. This is sampling only; the model is unchanged.
+
+:func:`mean_anchor_eps_model` imposes a weaker kind of known information the same way: only each frame's spatial
+mean (its palette), for the interpolation model's in-between frames (``MicroCinemaPipeline(interp_anchor_means=True)``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,31 @@ def replacement_eps_model(eps_model: EpsModel, known: Tensor, mask: Tensor, know
         eps = eps_model(torch.where(mask, noised_known, z_t), t)
         to_known = (z_t - abar.sqrt() * known) / (1 - abar).sqrt()  # the sampler's state there -> x0 = z_known
         return torch.where(mask, to_known.to(eps.dtype), eps)
+
+    return wrapped
+
+
+def mean_anchor_eps_model(eps_model: EpsModel, target_mean: Tensor, alphas_cumprod: object = None) -> EpsModel:
+    """Wrap ``eps_model`` so that every step's clean-latent estimate has the spatial mean ``target_mean``
+    ``(B, C, F, 1, 1)`` per frame and channel (a frame's palette), its layout left to the model.
+
+    With ``z_t = sqrt(abar) x0 + sqrt(1 - abar) eps``, replacing the x0 estimate's spatial mean ``m(x0_hat)`` by
+    ``target_mean`` is the noise prediction ``eps - m(eps) + (m(z_t) - sqrt(abar) target_mean) / sqrt(1 - abar)``
+    (written without dividing by ``sqrt(abar)``, which vanishes at high noise). An extension beyond the papers
+    for the interpolation model, whose in-between frames can shift their whole palette (background and object
+    together) while keeping the layout: the target is the mean of the condition it is fed, the latents
+    interpolated between its two end frames. Timesteps may be fractional, as in :func:`replacement_eps_model`.
+    """
+    check(target_mean.ndim >= 3 and tuple(target_mean.shape[-2:]) == (1, 1),
+          f"target_mean must end in two singleton spatial dims, got shape {tuple(target_mean.shape)}")
+    schedule = VPDenoiser(eps_model, alphas_cumprod)
+
+    def wrapped(z_t: Tensor, t: Tensor) -> Tensor:
+        sigma = schedule.t_to_sigma(t.detach().cpu().to(torch.float64))
+        abar = (1.0 / (1.0 + sigma**2)).to(device=z_t.device, dtype=z_t.dtype).reshape(-1, *([1] * (z_t.ndim - 1)))
+        eps = eps_model(z_t, t)
+        spatial_mean = lambda v: v.mean(dim=(-2, -1), keepdim=True)  # noqa: E731
+        return eps - spatial_mean(eps) + (spatial_mean(z_t) - abar.sqrt() * target_mean) / (1 - abar).sqrt()
 
     return wrapped
 

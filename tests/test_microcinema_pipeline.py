@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,25 @@ def test_pin_key_frame_keeps_the_key_frame_as_the_centre_frame(pipeline):
     assert centre_error(pinned) < 0.15  # DDIM ends at t = 0 (sigma ~ 0.03): the key latent up to that noise
     assert centre_error(free) > 3 * centre_error(pinned)
     assert not torch.allclose(pinned[:, 0], free[:, 0])  # the other frames are generated next to it
+
+
+def test_interp_anchor_means_keeps_in_between_frames_at_their_conditions_palette(pipeline, tmp_path):
+    from microcinema.tasks.video import interpolation_condition
+
+    run = lambda: pipeline("a red circle moving left", num_inference_steps=4, progress=False,  # noqa: E731
+                           generator=torch.Generator().manual_seed(0), output_type="latent").frames
+    assert pipeline.interp_anchor_means is False  # off by default: the shipped numbers are without it
+    free = run()
+    pipeline.interp_anchor_means = True
+    try:
+        anchored = run()
+        pipeline.save_pretrained(tmp_path / "pipe")
+        assert json.loads((tmp_path / "pipe" / "microcinema.json").read_text())["interp_anchor_means"] is True
+    finally:
+        pipeline.interp_anchor_means = False
+    base = anchored[:, :, ::4]
+    torch.testing.assert_close(base, free[:, :, ::4])  # the base frames are not touched
+    palette = lambda z: z.mean(dim=(-2, -1))  # noqa: E731
+    want = palette(interpolation_condition(base[:, :, 0], base[:, :, 1], 5))[:, :, 1:-1]
+    error = lambda z: (palette(z[:, :, 1:4]) - want).abs().max().item()  # noqa: E731
+    assert error(anchored) < 0.1 < error(free)

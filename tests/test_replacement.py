@@ -48,3 +48,28 @@ def test_bad_shapes_are_refused() -> None:
         replacement_eps_model(mixing_eps_model, known, centre_frame_mask(5), known)
     with pytest.raises(MicroCinemaError, match="odd"):
         centre_frame_mask(4)
+
+
+def test_mean_anchor_gives_every_x0_estimate_the_target_palette_and_keeps_the_layout() -> None:
+    from microcinema.diffusion import VPDenoiser
+    from microcinema.replacement import mean_anchor_eps_model
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 4, 3, 1, 1, generator=g)
+    weights = torch.randn(4, 4, generator=g)
+
+    def eps_model(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # any network: a fixed channel mix + tanh
+        return torch.tanh(torch.einsum("bcfhw,cd->bdfhw", z, weights)) + 0.3
+
+    plain, anchored = VPDenoiser(eps_model), VPDenoiser(mean_anchor_eps_model(eps_model, target))
+    x = torch.randn(2, 4, 3, 6, 6, generator=g) * 5
+    for sigma in (0.05, 1.0, 14.0):  # low, middle and SD's highest noise level
+        x0, x0_anchored = plain(x, sigma), anchored(x, sigma)
+        torch.testing.assert_close(x0_anchored.mean(dim=(-2, -1), keepdim=True), target, atol=1e-4, rtol=0)
+        centred = lambda v: v - v.mean(dim=(-2, -1), keepdim=True)  # noqa: E731
+        torch.testing.assert_close(centred(x0_anchored), centred(x0), atol=1e-4, rtol=0)  # the layout is the model's
+    out = sample(mean_anchor_eps_model(eps_model, target), (2, 4, 3, 6, 6), num_inference_steps=5,
+                 generator=torch.Generator().manual_seed(1), progress=False)
+    assert (out.mean(dim=(-2, -1), keepdim=True) - target).abs().max() < 0.1  # DDIM ends at t = 0's tiny noise
+    with pytest.raises(MicroCinemaError, match="target_mean"):
+        mean_anchor_eps_model(eps_model, torch.zeros(2, 4, 3, 6, 6))

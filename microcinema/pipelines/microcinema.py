@@ -12,6 +12,8 @@
 
 By default the key frame is kept exactly as the centre frame during stage two (the replacement method,
 :mod:`microcinema.replacement`; beyond the paper, which lets the model redraw it: ``pin_key_frame=False``).
+``interp_anchor_means=True`` (off by default) keeps each in-between frame's palette at the mean of its
+interpolated condition (:func:`microcinema.replacement.mean_anchor_eps_model`, also beyond the paper).
 
 Latents are decoded by the VAE at the end. All sampling goes through :func:`microcinema.samplers.sample`.
 """
@@ -34,7 +36,7 @@ from tqdm.auto import tqdm
 from ..errors import MicroCinemaError, check
 from ..guidance import cfg_eps_model
 from ..noise_priors import DEFAULT_GAMMA, DEFAULT_LAMBDA, appearance_init_mean
-from ..replacement import centre_frame_mask, replacement_eps_model
+from ..replacement import centre_frame_mask, mean_anchor_eps_model, replacement_eps_model
 from ..samplers import SAMPLERS, sample
 from ..tasks.common import embedded_path
 from ..tasks.video import interpolation_condition
@@ -70,7 +72,7 @@ class MicroCinemaPipeline:
                  guidance_scale: float = 5.0, noise_prior_lambda: float = DEFAULT_LAMBDA,
                  noise_prior_gamma: float = DEFAULT_GAMMA, interp_noise_prior_lambda: float = DEFAULT_LAMBDA,
                  interp_noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17),
-                 pin_key_frame: bool = True) -> None:
+                 pin_key_frame: bool = True, interp_anchor_means: bool = False) -> None:
         self.video_unet, self.vae, self.text_encoder = video_unet.eval(), vae.eval(), text_encoder
         self.interp_unet = interp_unet.eval() if interp_unet is not None else None
         self._key_frame_model = key_frame_model
@@ -81,6 +83,8 @@ class MicroCinemaPipeline:
         self.interp_noise_prior_lambda, self.interp_noise_prior_gamma = interp_noise_prior_lambda, interp_noise_prior_gamma
         self.num_frames_range = tuple(num_frames_range)
         self.pin_key_frame = pin_key_frame  # replacement method on the centre frame (microcinema.replacement)
+        # keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model); off by default
+        self.interp_anchor_means = interp_anchor_means
 
     # ------------------------------------------------------------------ loading and saving
     def _settings(self) -> dict[str, Any]:
@@ -88,7 +92,7 @@ class MicroCinemaPipeline:
                 "guidance_scale": self.guidance_scale, "noise_prior_lambda": self.noise_prior_lambda,
                 "noise_prior_gamma": self.noise_prior_gamma, "interp_noise_prior_lambda": self.interp_noise_prior_lambda,
                 "interp_noise_prior_gamma": self.interp_noise_prior_gamma, "num_frames_range": list(self.num_frames_range),
-                "pin_key_frame": self.pin_key_frame}
+                "pin_key_frame": self.pin_key_frame, "interp_anchor_means": self.interp_anchor_means}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32,
@@ -200,7 +204,10 @@ class MicroCinemaPipeline:
         condition = interpolation_condition(first, last, n)
         cond = {**unet_text_cond(self.text_encoder.encode([""] * len(first))), "condition": condition}
         noise = torch.randn((len(first), c, n, h, w), generator=generator, device=generator.device).to(latents.device)
-        middle = sample(cfg_eps_model(cond_eps_model(self.interp_unet), cond, cond, 1.0), noise, sampler=self.sampler,
+        eps_model = cfg_eps_model(cond_eps_model(self.interp_unet), cond, cond, 1.0)
+        if self.interp_anchor_means:
+            eps_model = mean_anchor_eps_model(eps_model, condition.mean(dim=(-2, -1), keepdim=True))
+        middle = sample(eps_model, noise, sampler=self.sampler,
                         num_inference_steps=steps, generator=generator, progress=progress,
                         init_mean=(lam + gamma) * condition)[:, :, 1:-1]
         middle = rearrange(middle, "(b f) c m h w -> b c f m h w", b=b)
