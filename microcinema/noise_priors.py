@@ -90,7 +90,6 @@ def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, time
     / +225-320 % after 2000 (phase 4 on the same input: -0.8 to +0.1 % / +4 to +6 %); 100 stage-two prompts:
     motion right 92 % (phase 4: 70 %), every miss a reversal.
     """
-    check(noise.shape == z0.shape, f"noise shape {tuple(noise.shape)} differs from z0 shape {tuple(z0.shape)}")
     key = _as_condition_video(condition, z0.shape[2]).to(z0.dtype) if start is not None else None
     return replace_signal_at_high_noise(z0, key, noise, timesteps, start, scheduler)
 

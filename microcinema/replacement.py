@@ -28,6 +28,14 @@ from .diffusion import EpsModel, VPDenoiser
 from .errors import check
 
 
+def _abar_at(schedule: VPDenoiser, t: Tensor, like: Tensor) -> Tensor:
+    """``abar`` at the samplers' (possibly fractional) timesteps ``t``, interpolated as ``schedule`` does, shaped
+    ``(B, 1, ...)`` to broadcast over ``like``."""
+    sigma = schedule.t_to_sigma(t.detach().cpu().to(torch.float64))
+    abar = (1.0 / (1.0 + sigma**2)).to(device=like.device, dtype=like.dtype)
+    return abar.reshape(-1, *([1] * (like.ndim - 1)))
+
+
 def replacement_eps_model(eps_model: EpsModel, known: Tensor, mask: Tensor, known_noise: Tensor,
                           alphas_cumprod: object = None) -> EpsModel:
     """Wrap ``eps_model`` so the frames where ``mask`` is true follow the forward process of ``known``.
@@ -46,9 +54,7 @@ def replacement_eps_model(eps_model: EpsModel, known: Tensor, mask: Tensor, know
     schedule = VPDenoiser(eps_model, alphas_cumprod)
 
     def wrapped(z_t: Tensor, t: Tensor) -> Tensor:
-        sigma = schedule.t_to_sigma(t.detach().cpu().to(torch.float64))
-        abar = (1.0 / (1.0 + sigma**2)).to(device=z_t.device, dtype=z_t.dtype)
-        abar = abar.reshape(-1, *([1] * (z_t.ndim - 1)))
+        abar = _abar_at(schedule, t, z_t)
         noised_known = abar.sqrt() * known + (1 - abar).sqrt() * known_noise
         eps = eps_model(torch.where(mask, noised_known, z_t), t)
         to_known = (z_t - abar.sqrt() * known) / (1 - abar).sqrt()  # the sampler's state there -> x0 = z_known
@@ -73,8 +79,7 @@ def mean_anchor_eps_model(eps_model: EpsModel, target_mean: Tensor, alphas_cumpr
     schedule = VPDenoiser(eps_model, alphas_cumprod)
 
     def wrapped(z_t: Tensor, t: Tensor) -> Tensor:
-        sigma = schedule.t_to_sigma(t.detach().cpu().to(torch.float64))
-        abar = (1.0 / (1.0 + sigma**2)).to(device=z_t.device, dtype=z_t.dtype).reshape(-1, *([1] * (z_t.ndim - 1)))
+        abar = _abar_at(schedule, t, z_t)
         eps = eps_model(z_t, t)
         spatial_mean = lambda v: v.mean(dim=(-2, -1), keepdim=True)  # noqa: E731
         return eps - spatial_mean(eps) + (spatial_mean(z_t) - abar.sqrt() * target_mean) / (1 - abar).sqrt()
