@@ -119,6 +119,19 @@ class AppearNetOutput:
     mid_feature: torch.Tensor | None
     num_frames: int
 
+    def key_frame(self) -> "AppearNetOutput":
+        """One frame's features ``(B, ...)``: the centre frame's, which is the base model's key frame (the
+        only frame when the condition was a single key frame)."""
+        if self.num_frames == 1:
+            return self
+
+        def centre(feature: torch.Tensor | None) -> torch.Tensor | None:
+            if feature is None:
+                return None
+            return rearrange(feature, "(b f) ... -> b f ...", f=self.num_frames)[:, self.num_frames // 2]
+
+        return AppearNetOutput(tuple(centre(f) for f in self.skip_features), centre(self.mid_feature), 1)
+
     def broadcast(self, num_frames: int) -> "AppearNetOutput":
         """Features for ``num_frames`` frames (repeats single-frame features; a no-op otherwise)."""
         if self.num_frames == num_frames:

@@ -251,6 +251,9 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pin-key-frame", action="store_true",
                         help="let the model redraw the key frame too (the paper's sampling; default: the key frame is "
                              "kept exactly as the centre frame, microcinema.replacement)")
+    parser.add_argument("--no-anchor-palette", action="store_true",
+                        help="let the interpolation model choose the in-between frames' colours (default: each one's "
+                             "mean is kept at the mean of its two neighbours, replacement.mean_anchor_eps_model)")
     parser.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of the frames")
 
 
@@ -291,7 +294,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     pipeline.check_num_frames(args.frames)
     out = pipeline(args.prompt, image=args.image, num_frames=args.frames, num_inference_steps=args.steps,
                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
-                   interpolate=not args.no_interpolate, pin_key_frame=False if args.no_pin_key_frame else None)
+                   interpolate=not args.no_interpolate, pin_key_frame=False if args.no_pin_key_frame else None,
+                   interp_anchor_means=False if args.no_anchor_palette else None)
     for note in out.notes:
         print(f"microcinema: note: your image was {note}", file=sys.stderr)
     write_video(args.out, out.frames[0], out.fps)

@@ -327,6 +327,59 @@ class AppearanceInjection(nn.Module):
         return out + self.add(feature)
 
 
+def spatial_position_encoding(height: int, width: int, channels: int, device: torch.device,
+                               dtype: torch.dtype) -> torch.Tensor:
+    """2D sinusoidal encoding ``(H * W, C)`` of the pixel position: ``C // 2`` channels encode the row, the
+    rest the column (the transformer's encoding, as for timesteps)."""
+    half = channels // 2
+    rows = get_timestep_embedding(torch.arange(height, device=device, dtype=torch.float32), half,
+                                  flip_sin_to_cos=True, downscale_freq_shift=0)
+    cols = get_timestep_embedding(torch.arange(width, device=device, dtype=torch.float32), channels - half,
+                                  flip_sin_to_cos=True, downscale_freq_shift=0)
+    grid = torch.cat([repeat(rows, "h c -> h w c", w=width), repeat(cols, "w c -> h w c", h=height)], dim=-1)
+    return rearrange(grid, "h w c -> (h w) c").to(dtype)
+
+
+class AppearanceAttention(nn.Module):
+    """Every frame attends to the key frame's AppearNet feature at the same resolution (an extension, not in
+    the paper; ``VideoUNet(appearance_attention=True)``), applied after every temporal attention:
+
+        ``h_f <- h_f + W_o Attn(q = LN(h_f) + PE, kv = LN(a) + PE)``
+
+    with ``a`` the AppearNet feature of the key frame (``H * W`` tokens, shared by all frames) and ``PE`` a 2D
+    sinusoidal position encoding, so attention can prefer nearby places. ``W_o`` is zero-initialised: the
+    layer is the identity at initialisation. Meant for the base model, whose condition is one key frame (for a
+    condition of several frames the centre one is used, :meth:`AppearNetOutput.key_frame`).
+
+    Why: the paper's injections (Table 2) add AppearNet's feature at the *same* pixel, so where the object
+    has moved away from its place in the key frame the main branch must carry its details there through
+    convolutions. Measured on the embedded model before this layer: fine shapes (handwritten digits, stars)
+    lose their form with the distance from the key frame, while colours and simple shapes hold. Attention
+    lets a frame fetch the key frame's appearance from wherever it is, the way reference attention does in
+    image animation (Animate Anyone's ReferenceNet, which concatenates reference tokens to self-attention).
+    """
+
+    def __init__(self, channels: int, feature_channels: int, head_dim: int = 64):
+        super().__init__()
+        heads = max(1, channels // head_dim)
+        check(channels % heads == 0, f"appearance attention: {channels} channels do not split into {heads} heads")
+        self.norm = nn.LayerNorm(channels)
+        self.norm_feature = nn.LayerNorm(feature_channels)
+        self.attn = Attention(query_dim=channels, cross_attention_dim=feature_channels, heads=heads,
+                              dim_head=channels // heads, bias=False)
+        zero_module(self.attn.to_out[0])  # zero-initialised output projection: the branch starts at 0
+
+    def forward(self, x: torch.Tensor, key_feature: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """``x`` ``(B * F, C, H, W)``; ``key_feature`` ``(B, C_a, H, W)``, the key frame's AppearNet feature."""
+        height, width = x.shape[-2:]
+        pe = lambda c: spatial_position_encoding(height, width, c, x.device, x.dtype)  # noqa: E731
+        queries = self.norm(rearrange(x, "(b f) c h w -> b f (h w) c", f=num_frames)) + pe(x.shape[1])
+        keys = self.norm_feature(rearrange(key_feature, "b c h w -> b (h w) c")) + pe(key_feature.shape[1])
+        # all frames of a sample query the same keys: one batch row per sample, keys projected once
+        out = self.attn(rearrange(queries, "b f n c -> b (f n) c"), encoder_hidden_states=keys)
+        return x + rearrange(out, "b (f h w) c -> (b f) c h w", f=num_frames, h=height, w=width)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the 3D U-Net
 # ----------------------------------------------------------------------------------------------------------
@@ -349,6 +402,7 @@ class _Ctx:
     cross_attention_kwargs: dict[str, Any] | None
     frames: int
     pooled_text: torch.Tensor | None = None  # (B, D), for temporal_text and frame_text_modulation
+    key_features: AppearNetOutput | None = None  # the key frame's AppearNet features (B, ...), appearance_attention
 
 
 def pool_text(text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -376,7 +430,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
             ``class_embed_type`` supported, ``addition_embed_type`` None or ``"text"``).
         injection: one of :data:`INJECTION_MODES` (paper Table 2); default ``"add_encdec_spade"``.
         condition_channels: channels of the condition latent (default: the U-Net's ``in_channels``).
-        temporal_attention_head_dim: width of the temporal attention heads (``channels // it`` heads, >= 1).
+        temporal_attention_head_dim: width of the temporal (and appearance) attention heads (``channels // it``
+            heads, >= 1).
         norm_num_groups: GroupNorm groups of the temporal convs and of SPADE's 3D GroupNorm (default: the
             U-Net's; reduced to a divisor of the channels where needed).
         temporal_dropout: dropout inside the temporal convs.
@@ -389,6 +444,9 @@ class VideoUNet(ModelMixin, ConfigMixin):
             paper, off by default).
         frame_text_shift: translate the features after every temporal conv by a velocity from the prompt times
             the frame's offset (see :class:`FrameTextShift`; an extension beyond the paper, off by default).
+        appearance_attention: after every temporal attention, let each frame attend to the key frame's
+            AppearNet feature at that resolution (see :class:`AppearanceAttention`; an extension beyond the
+            paper, off by default; needs an AppearNet injection mode).
 
     Build it with :meth:`from_pretrained_2d` (inflate SD / any diffusers U-Net), or ``VideoUNet(unet=...)``
     with an instance; save and load the whole model with ``save_pretrained`` / ``from_pretrained``.
@@ -410,6 +468,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
         temporal_text: bool = False,
         frame_text_modulation: bool = False,
         frame_text_shift: bool = False,
+        appearance_attention: bool = False,
         unet: UNet2DConditionModel | None = None,
     ):
         super().__init__()
@@ -468,6 +527,19 @@ class VideoUNet(ModelMixin, ConfigMixin):
                 self.injections[f"dec_skip_{k}"] = inject(ch)
             if mid_channels is not None:
                 self.injections["dec_mid"] = inject(mid_channels)
+        # appearance attention (extension): after every temporal attention, to AppearNet's feature at that level
+        self.appearance_attentions = nn.ModuleDict()
+        self._appearance_sources: dict[str, int | None] = {}  # key -> index in skip_features (None: mid)
+        if appearance_attention:
+            check(self.appearnet is not None,
+                  "appearance_attention needs AppearNet: use an add_* injection, not concat")
+            skip_channels, mid_channels = self.appearnet.feature_channels()
+            for path, attn in self._layers("attentions"):
+                index = self._appearance_source(path)
+                channels = mid_channels if index is None else skip_channels[index]
+                self._appearance_sources[_key(path)] = index
+                self.appearance_attentions[_key(path)] = AppearanceAttention(
+                    attn.in_channels, channels, temporal_attention_head_dim)
         for name, child in self.named_children():  # the new modules follow the U-Net's device and dtype
             if name != "unet":
                 child.to(device=unet.device, dtype=unet.dtype)
@@ -489,6 +561,18 @@ class VideoUNet(ModelMixin, ConfigMixin):
     def _down_resnets(self) -> list[tuple[str, nn.Module]]:
         """The encoder ResNets (the ``add_encdec`` injection points in the encoder)."""
         return [(path, r) for path, r in self._layers("resnets") if path.startswith("down_blocks.")]
+
+    def _appearance_source(self, path: str) -> int | None:
+        """Which AppearNet feature a spatial transformer at ``path`` attends to: the skip produced by the
+        encoder ResNet(+attention) of the same level (for ``down_blocks.i.attentions.j`` that very layer's
+        copy; for the decoder, the level's last one), or ``None`` for the mid block's feature."""
+        if path.startswith("mid_block."):
+            return None
+        kind, level, _, layer = path.split(".")
+        blocks = self.unet.down_blocks
+        level = int(level) if kind == "down_blocks" else len(blocks) - 1 - int(level)
+        index = 1 + sum(len(b.resnets) + len(b.downsamplers or []) for b in blocks[:level])  # 0 is conv_in
+        return index + (int(layer) if kind == "down_blocks" else len(blocks[level].resnets) - 1)
 
     @property
     def injection_points(self) -> list[str]:
@@ -574,7 +658,12 @@ class VideoUNet(ModelMixin, ConfigMixin):
     def _attention(self, path: str, attn: nn.Module, h: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
         h = attn(h, encoder_hidden_states=ctx.text, encoder_attention_mask=ctx.text_bias,
                  cross_attention_kwargs=ctx.cross_attention_kwargs, return_dict=False)[0]
-        return self._checkpointed(self.temporal_attentions[_key(path)], h, ctx.frames, ctx.pooled_text)
+        h = self._checkpointed(self.temporal_attentions[_key(path)], h, ctx.frames, ctx.pooled_text)
+        if ctx.key_features is not None and _key(path) in self.appearance_attentions:
+            index = self._appearance_sources[_key(path)]
+            feature = ctx.key_features.mid_feature if index is None else ctx.key_features.skip_features[index]
+            h = self._checkpointed(self.appearance_attentions[_key(path)], h, feature, ctx.frames)
+        return h
 
     def _check_inputs(self, sample, encoder_hidden_states, encoder_attention_mask, condition) -> None:
         check(sample.ndim == 5, f"sample must be (B, C, F, H, W) (use F=1 for images), got shape {tuple(sample.shape)}")
@@ -638,14 +727,18 @@ class VideoUNet(ModelMixin, ConfigMixin):
         if condition is not None and condition.shape[2] > 1 and condition.stride(2) == 0:
             condition = condition[:, :, :1]  # a key frame .expand()-ed over frames: run AppearNet on it once
         features: AppearNetOutput | None = None
+        key_features: AppearNetOutput | None = None
         if self.appearnet is not None and condition is not None:
             features = self.appearnet(condition, timestep, text, encoder_attention_mask, class_labels,
-                                      cross_attention_kwargs).broadcast(frames)
+                                      cross_attention_kwargs)
+            if self.appearance_attentions:
+                key_features = features.key_frame()
+            features = features.broadcast(frames)
         ctx = _Ctx(per_frame(emb, frames), per_frame(text, frames),
                    per_frame(mask_to_bias(encoder_attention_mask, sample.dtype), frames), cross_attention_kwargs, frames,
                    pooled_text=pool_text(text, encoder_attention_mask)
                    if self.config.temporal_text or self.config.frame_text_modulation or self.config.frame_text_shift
-                   else None)
+                   else None, key_features=key_features)
 
         # 2. conv_in (+ the concatenated condition, Table 2 "Concat")
         h = unet.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
@@ -730,6 +823,7 @@ def _check_supported(unet: UNet2DConditionModel) -> None:
 
 __all__ = [
     "INJECTION_MODES",
+    "AppearanceAttention",
     "AppearanceInjection",
     "SpadeModulation",
     "TemporalAttention",
@@ -737,6 +831,7 @@ __all__ = [
     "VideoUNet",
     "VideoUNetOutput",
     "frame_position_encoding",
+    "spatial_position_encoding",
     "FrameTextModulation",
     "group_norm_3d",
     "group_norm_3d_stats",

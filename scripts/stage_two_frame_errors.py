@@ -1,7 +1,7 @@
 """Where stage two loses the object or its colour: judge every frame of animate-mode videos and count the
 misses per frame position, base frames (every 4th of 33; the key frame is frame 16) against interpolated ones.
 
-    python scripts/stage_two_frame_errors.py --num 40 --prompt-seed 555 [--interp-gamma G] [--model DIR]
+    python scripts/stage_two_frame_errors.py --num 40 --prompt-seed 555 [--interp-gamma G] [--model DIR] [--no-anchor-palette]
         [--strips docs/results/stage_two_frame_errors/colour_misses.png]
 
 Animate mode (ground-truth key frames, so stage one's errors are out of it), 25 steps per stage, batches of 10
@@ -13,8 +13,9 @@ base frames and 23 of 960 interpolated ones; object misses 23 base, 67 interpola
 interpolation model inherits the base frames' object errors); colour in every frame 82.5 %, object 72.5 %.
 The strips (``--strips``) show what a colour miss is: the whole frame's palette shifts for an interpolated frame
 (background navy -> forest -> charcoal, and the object with it: orange -> red on maroon, yellow -> orange).
-``--interp-anchor-means`` (the in-between frames' palette anchored, replacement.mean_anchor_eps_model): colour
-misses 0 base / 8 interpolated, colour in every frame 92.5 %, object unchanged (72.5 %).
+With the in-between frames' palette anchored (replacement.mean_anchor_eps_model, the pipeline's default since
+2026-12-02; ``--no-anchor-palette`` turns it off, and the numbers above are without it): colour misses 0 base /
+8 interpolated, colour in every frame 92.5 %, object unchanged (72.5 %).
 ``--interp-gamma`` 0 / 0.1: colour in every frame 75 % / 70 % (33 / 22 interpolated-frame misses).
 """
 
@@ -42,8 +43,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
     parser.add_argument("--interp-gamma", type=float, default=None,
                         help="the interpolation model's Appearance Noise Prior gamma (default: the pipeline's)")
-    parser.add_argument("--interp-anchor-means", action="store_true",
-                        help="keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model)")
+    parser.add_argument("--no-anchor-palette", action="store_true",
+                        help="do not keep each in-between frame's palette at its condition's (the pipeline's default "
+                             "does, replacement.mean_anchor_eps_model)")
     parser.add_argument("--strips", default=None,
                         help="write a PNG: for each of the first 12 colour misses, the missed frame with two frames "
                              "either side (3x nearest-neighbour)")
@@ -52,7 +54,7 @@ def main() -> None:
     pipe = MicroCinemaPipeline.from_pretrained(args.model) if args.model else MicroCinemaPipeline.embedded()
     if args.interp_gamma is not None:
         pipe.interp_noise_prior_gamma = args.interp_gamma
-    pipe.interp_anchor_means = pipe.interp_anchor_means or args.interp_anchor_means
+    pipe.interp_anchor_means = pipe.interp_anchor_means and not args.no_anchor_palette
     specs = domain_prompts(args.num, seed=args.prompt_seed)
     if args.only != "all":
         specs = [s for s in specs if s.object.startswith("digit") == (args.only == "digit")]

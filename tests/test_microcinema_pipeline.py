@@ -101,7 +101,7 @@ def test_bad_images_and_prompts(pipeline, tmp_path):
         pipeline(["a", "b"], image=[bad], progress=False)
 
 
-def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encoder, tmp_path, capsys):
+def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encoder, tmp_path, capsys, monkeypatch):
     from microcinema.cli import main
     from microcinema.pipelines.text_to_image import TextToImagePipeline
     from microcinema.video_io import probe_video
@@ -120,6 +120,13 @@ def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encode
                  "--steps", "1", "--no-interpolate", "--no-pin-key-frame"]) == 0
     assert probe_video(gif).num_frames == 9
     assert "converted L to RGB" in capsys.readouterr().err
+    calls, original = [], MicroCinemaPipeline.interpolate
+    monkeypatch.setattr(MicroCinemaPipeline, "interpolate",
+                        lambda self, *a, **kw: calls.append(kw["anchor_means"]) or original(self, *a, **kw))
+    for flags in ([], ["--no-anchor-palette"]):
+        assert main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(tmp_path / "a.mp4"),
+                     "--model", str(folder), "--steps", "1", *flags]) == 0
+    assert calls == [None, False]  # None: the pipeline's setting (on)
     assert main(["generate", "a red circle", "--out", str(tmp_path / "v.avi"), "--model", str(folder)]) == 2
     assert main(["generate", "a red circle", "--out", str(out), "--model", str(folder), "--frames", "10"]) == 2
     assert "num_frames must be an odd number" in capsys.readouterr().err
@@ -211,17 +218,17 @@ def test_pin_key_frame_keeps_the_key_frame_as_the_centre_frame(pipeline):
 def test_interp_anchor_means_keeps_in_between_frames_at_their_conditions_palette(pipeline, tmp_path):
     from microcinema.tasks.video import interpolation_condition
 
-    run = lambda: pipeline("a red circle moving left", num_inference_steps=4, progress=False,  # noqa: E731
-                           generator=torch.Generator().manual_seed(0), output_type="latent").frames
-    assert pipeline.interp_anchor_means is False  # off by default: the shipped numbers are without it
-    free = run()
-    pipeline.interp_anchor_means = True
+    run = lambda **kw: pipeline("a red circle moving left", num_inference_steps=4, progress=False,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0), output_type="latent", **kw).frames
+    assert pipeline.interp_anchor_means is True  # on by default
+    anchored, free = run(), run(interp_anchor_means=False)
+    pipeline.interp_anchor_means = False
     try:
-        anchored = run()
+        torch.testing.assert_close(run(), free)  # the pipeline's setting is the call's default
         pipeline.save_pretrained(tmp_path / "pipe")
-        assert json.loads((tmp_path / "pipe" / "microcinema.json").read_text())["interp_anchor_means"] is True
+        assert json.loads((tmp_path / "pipe" / "microcinema.json").read_text())["interp_anchor_means"] is False
     finally:
-        pipeline.interp_anchor_means = False
+        pipeline.interp_anchor_means = True
     base = anchored[:, :, ::4]
     torch.testing.assert_close(base, free[:, :, ::4])  # the base frames are not touched
     palette = lambda z: z.mean(dim=(-2, -1))  # noqa: E731

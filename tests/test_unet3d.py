@@ -216,6 +216,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(models):
         m.train()
         m(**x).sample.square().mean().backward()
     assert {"ResnetBlock2D", "TemporalConv", "TemporalAttention", "BasicTransformerBlock"} <= set(calls)
+    assert "AppearanceAttention" not in calls  # off in these models; checkpointed when on (test below)
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name
 
@@ -357,7 +358,7 @@ def test_bad_inputs_raise_one_line_errors(models, unet_dir):
         model(**{**x, "timestep": torch.tensor([1, 2, 3])})
     with pytest.raises(MicroCinemaError, match="allowed: concat, add_dec, add_encdec, add_encdec_spade"):
         VideoUNet.from_pretrained_2d(unet_dir, injection="spade")
-    with pytest.raises(MicroCinemaError, match="allowed: condition_channels, frame_text_modulation, frame_text_shift, injection"):
+    with pytest.raises(MicroCinemaError, match="allowed: appearance_attention, condition_channels, frame_text_modulation, frame_text_shift, injection"):
         VideoUNet.from_pretrained_2d(unet_dir, injections="add_dec")
     with pytest.raises(MicroCinemaError, match="cannot load a 2D U-Net"):
         VideoUNet.from_pretrained_2d(unet_dir / "nowhere")
@@ -612,3 +613,69 @@ def test_frame_text_shift_starts_as_identity_then_moves_frames_by_prompt_and_off
     assert (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
     grown.save_pretrained(tmp_path / "grown")
     torch.testing.assert_close(VideoUNet.from_pretrained(tmp_path / "grown").eval()(**x).sample, grown(**x).sample)
+
+
+# ---------------------------------------------------------------------------- appearance attention (extension)
+
+
+@torch.no_grad()
+def test_appearance_attention_starts_as_identity_then_fetches_the_key_frame_from_anywhere(models, ref2d, unet_dir,
+                                                                                          tmp_path):
+    from microcinema.appearnet import AppearNetOutput
+    from microcinema.tasks.video import build_model, grow_model
+
+    trained = copy.deepcopy(models["add_encdec_spade"])
+    perturb(trained.temporal_attentions, seed=3)
+    x = {**inputs(), "condition": inputs()["condition"][:, :, :1]}  # one key frame, as the base model gets it
+    grown = grow_model(trained, appearance_attention=True).eval()
+    assert set(grown.appearance_attentions) == set(grown.temporal_attentions)  # one after every temporal attention
+    assert (grown(**x).sample - trained(**x).sample).abs().max().item() <= TOL  # zero-initialised: same model
+    fresh = VideoUNet.from_pretrained_2d(ref2d, appearance_attention=True).eval()
+    assert (fresh(**x, encoder_attention_mask=MASK).sample - per_frame_2d(ref2d, x, MASK)).abs().max().item() <= TOL
+    # each attends to the AppearNet feature of its own level: the mid block to the mid feature
+    sources = grown._appearance_sources
+    assert sources["mid_block_attentions_0"] is None and sources["down_blocks_0_attentions_0"] == 1
+    assert sources["down_blocks_0_attentions_0"] == sources["up_blocks_1_attentions_1"]  # same level (8 x 8 here)
+
+    # one layer, trained (perturbed): a frame's output depends on the key frame at a pixel far from it
+    layer = copy.deepcopy(next(iter(grown.appearance_attentions.values())))
+    perturb(layer, seed=6)
+    channels = layer.norm.normalized_shape[0]
+    g = torch.Generator().manual_seed(1)
+    h, feature = torch.randn(2 * 3, channels, 6, 6, generator=g), torch.randn(2, channels, 6, 6, generator=g)
+    moved = feature.clone()
+    moved[:, :, 0, 0] = torch.randn(2, channels, generator=g)  # the key frame changes in one corner only
+    delta = (layer(h, moved, 3) - layer(h, feature, 3))[:, :, 5, 5]  # ... the opposite corner of every frame sees it
+    assert delta.abs().amin(dim=1).gt(0).all() and delta.abs().max() > 1e-3
+
+    perturb(grown.appearance_attentions, scale=0.05, seed=8)  # the whole model: the key frame now enters it by
+    other = {**x, "condition": x["condition"].flip(-1)}      # attention as well as by the injections
+    delta_grown = (grown(**other).sample - grown(**x).sample).abs().max().item()
+    delta_trained = (trained(**other).sample - trained(**x).sample).abs().max().item()
+    assert abs(delta_grown - delta_trained) > 1e-3
+    # a condition of several frames: the centre one counts as the key frame (the base model's convention)
+    out = AppearNetOutput((torch.arange(6.0).view(6, 1, 1, 1),), None, 3).key_frame()
+    assert out.num_frames == 1 and out.skip_features[0].flatten().tolist() == [1.0, 4.0]
+    assert grown(**inputs()).sample.shape == x["sample"].shape
+
+    trained.save_pretrained(tmp_path / "trained")  # continued training adds the layers: build_model
+    model = build_model({"init_from": str(tmp_path / "trained"), "model": {"appearance_attention": True}})
+    assert model.config.appearance_attention and (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
+    grown.save_pretrained(tmp_path / "grown")
+    torch.testing.assert_close(VideoUNet.from_pretrained(tmp_path / "grown").eval()(**x).sample, grown(**x).sample)
+    # other layouts: three levels, two layers per block, an odd size (the up blocks' sources mirror the down ones)
+    deep = VideoUNet.from_pretrained_2d(tiny_unet2d(seed=2, block_out_channels=(8, 16, 16), layers_per_block=2),
+                                        appearance_attention=True).eval()
+    perturb(deep.appearance_attentions, scale=0.05, seed=9)
+    assert deep(**inputs(h=10, w=6)).sample.shape[-2:] == (10, 6)  # 10 x 6 -> 5 x 3 -> 3 x 2 and back
+    down = {k: v for k, v in deep._appearance_sources.items() if k.startswith("down")}
+    assert down == {"down_blocks_0_attentions_0": 1, "down_blocks_0_attentions_1": 2,
+                    "down_blocks_1_attentions_0": 4, "down_blocks_1_attentions_1": 5}
+    assert deep._appearance_sources["up_blocks_2_attentions_2"] == 2  # the top level: its last ResNet's skip
+    calls = []
+    deep.enable_gradient_checkpointing(lambda module, *args: calls.append(type(module).__name__) or module(*args))
+    with torch.enable_grad():
+        deep.train()(**inputs())
+    assert "AppearanceAttention" in calls
+    with pytest.raises(MicroCinemaError, match="appearance_attention needs AppearNet"):
+        VideoUNet.from_pretrained_2d(unet_dir, injection="concat", appearance_attention=True)

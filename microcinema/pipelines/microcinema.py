@@ -12,8 +12,9 @@
 
 By default the key frame is kept exactly as the centre frame during stage two (the replacement method,
 :mod:`microcinema.replacement`; beyond the paper, which lets the model redraw it: ``pin_key_frame=False``).
-``interp_anchor_means=True`` (off by default) keeps each in-between frame's palette at the mean of its
-interpolated condition (:func:`microcinema.replacement.mean_anchor_eps_model`, also beyond the paper).
+By default each in-between frame's palette is also kept at the mean of its interpolated condition
+(:func:`microcinema.replacement.mean_anchor_eps_model`, also beyond the paper; ``interp_anchor_means=False``
+turns it off).
 
 Latents are decoded by the VAE at the end. All sampling goes through :func:`microcinema.samplers.sample`.
 """
@@ -72,7 +73,7 @@ class MicroCinemaPipeline:
                  guidance_scale: float = 5.0, noise_prior_lambda: float = DEFAULT_LAMBDA,
                  noise_prior_gamma: float = DEFAULT_GAMMA, interp_noise_prior_lambda: float = DEFAULT_LAMBDA,
                  interp_noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17),
-                 pin_key_frame: bool = True, interp_anchor_means: bool = False) -> None:
+                 pin_key_frame: bool = True, interp_anchor_means: bool = True) -> None:
         self.video_unet, self.vae, self.text_encoder = video_unet.eval(), vae.eval(), text_encoder
         self.interp_unet = interp_unet.eval() if interp_unet is not None else None
         self._key_frame_model = key_frame_model
@@ -83,7 +84,7 @@ class MicroCinemaPipeline:
         self.interp_noise_prior_lambda, self.interp_noise_prior_gamma = interp_noise_prior_lambda, interp_noise_prior_gamma
         self.num_frames_range = tuple(num_frames_range)
         self.pin_key_frame = pin_key_frame  # replacement method on the centre frame (microcinema.replacement)
-        # keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model); off by default
+        # keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model)
         self.interp_anchor_means = interp_anchor_means
 
     # ------------------------------------------------------------------ loading and saving
@@ -194,8 +195,10 @@ class MicroCinemaPipeline:
 
     @torch.no_grad()
     def interpolate(self, latents: torch.Tensor, *, steps: int, generator: torch.Generator, lam: float, gamma: float,
-                    progress: bool) -> torch.Tensor:
-        """x4 temporal interpolation of (B, C, F, h, w) latents to (B, C, 4 (F - 1) + 1, h, w); base frames kept."""
+                    progress: bool, anchor_means: bool | None = None) -> torch.Tensor:
+        """x4 temporal interpolation of (B, C, F, h, w) latents to (B, C, 4 (F - 1) + 1, h, w); base frames kept.
+        ``anchor_means``: keep each in-between frame's palette at its condition's (default: the pipeline's
+        ``interp_anchor_means``)."""
         check(self.interp_unet is not None, "this pipeline has no interpolation model: pass interpolate=False")
         b, c, f, h, w = latents.shape
         first = rearrange(latents[:, :, :-1], "b c f h w -> (b f) c h w")
@@ -205,7 +208,7 @@ class MicroCinemaPipeline:
         cond = {**unet_text_cond(self.text_encoder.encode([""] * len(first))), "condition": condition}
         noise = torch.randn((len(first), c, n, h, w), generator=generator, device=generator.device).to(latents.device)
         eps_model = cfg_eps_model(cond_eps_model(self.interp_unet), cond, cond, 1.0)
-        if self.interp_anchor_means:
+        if self.interp_anchor_means if anchor_means is None else anchor_means:
             eps_model = mean_anchor_eps_model(eps_model, condition.mean(dim=(-2, -1), keepdim=True))
         middle = sample(eps_model, noise, sampler=self.sampler,
                         num_inference_steps=steps, generator=generator, progress=progress,
@@ -230,11 +233,13 @@ class MicroCinemaPipeline:
                  num_inference_steps: int = 25, guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, interpolate: bool = True, output_type: str = "np",
                  noise_prior_lambda: float | None = None, noise_prior_gamma: float | None = None,
-                 pin_key_frame: bool | None = None, progress: bool = True) -> VideoPipelineOutput:
+                 pin_key_frame: bool | None = None, interp_anchor_means: bool | None = None,
+                 progress: bool = True) -> VideoPipelineOutput:
         """Generate videos for ``prompt``; ``image`` (path, PIL image, or a list of them, one per prompt) replaces
         stage one. ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps -> 33 at 8).
         ``pin_key_frame``: keep the key frame as the centre frame exactly (replacement method; default: the
-        pipeline's setting)."""
+        pipeline's setting). ``interp_anchor_means``: keep each interpolated frame's palette at its
+        condition's (default: the pipeline's setting)."""
         prompts = check_prompts(prompt)
         steps = check_steps(num_inference_steps)
         num_frames = self.check_num_frames(num_frames)
@@ -279,7 +284,8 @@ class MicroCinemaPipeline:
         if interpolate:
             stages.set_postfix_str("interpolation x4")
             latents = self.interpolate(latents, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
-                                       gamma=self.interp_noise_prior_gamma, progress=False)
+                                       gamma=self.interp_noise_prior_gamma, progress=False,
+                                       anchor_means=interp_anchor_means)
             fps = self.base_fps * INTERPOLATION_FACTOR
             lap("interpolation")
             stages.update()

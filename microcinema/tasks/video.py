@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..data.latent_cache import LatentCache
+from ..data.synthetic import DIGIT_WEIGHT
 from ..data.synthetic_dataset import SyntheticVideoDataset
 from ..diffusion import high_noise_timesteps, make_training_scheduler, per_sample_mse, x0_loss_weights
 from ..errors import MicroCinemaError, check
@@ -83,7 +84,7 @@ def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: floa
 def build_cache(config: dict[str, Any], output_dir: str | Path, vae) -> LatentCache:
     data = config["data"]
     dataset = SyntheticVideoDataset(data["num"], seed=data["seed"], num_frames=data["num_frames"], fps=data["fps"],
-                                    size=data["size"])
+                                    size=data["size"], digit_weight=data.get("digit_weight", DIGIT_WEIGHT))
     return build_latent_cache(config, output_dir, vae, dataset, "clips", batch_size=16)
 
 
@@ -111,7 +112,7 @@ def build_model(config: dict[str, Any]):
 #: VideoUNet options that, set to true, add zero-initialised layers (so a trained model can be grown with
 #: them) -> the parameter-name fragment of those layers.
 GROWABLE: dict[str, str] = {"temporal_text": ".text_proj.", "frame_text_modulation": "frame_text_modulations.",
-                             "frame_text_shift": "frame_text_shifts."}
+                             "frame_text_shift": "frame_text_shifts.", "appearance_attention": "appearance_attentions."}
 
 
 def _growable(options: dict[str, Any]) -> bool:
