@@ -299,6 +299,8 @@ def sample(
     callback: Callback | None = None,
     schedule: str | None = None,
     sampler_kwargs: Mapping[str, Any] | None = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
 ) -> Tensor:
     """Generate with ``eps_model`` from ``x_T`` and return the sample in VP/latent scale.
 
@@ -315,11 +317,24 @@ def sample(
     ``scheduler``: a diffusers scheduler (or ``alphas_cumprod``) the model was trained with; SD's by default.
     The output is ``x_end / sqrt(1 + sigma_end^2)``: the clean sample when the schedule ends at 0; for
     ``"ddim"`` it is ``z`` at ``t = 0`` exactly as SD's ``DDIMScheduler`` (``set_alpha_to_one=False``) returns it.
+
+    ``init`` (clean latents, the shape of the noise) with ``strength`` in (0, 1]: SDEdit (Meng et al. 2022,
+    section 3), as diffusers' img2img pipelines: only the last ``int(num_inference_steps * strength)`` steps
+    run, from ``init`` noised to the first of them, ``z_t = sqrt(abar_t) init + sqrt(1 - abar_t) x_T`` (with
+    ``init_mean`` in ``x_T`` as above: the noise's own mean, e.g. the prior's ``lambda z_c``).
     Runs under ``torch.no_grad``.
     """
     spec = _check_sampler(sampler)
     ac = alphas_cumprod_of(scheduler)
     sigmas = get_sigmas(ac, num_inference_steps, schedule or spec.schedule)
+    if init is not None:
+        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise MicroCinemaError(f"strength must be in (0, 1] (the fraction of the steps to run), got {strength!r}")
+        kept = min(int(num_inference_steps * strength + 1e-9), num_inference_steps)  # 1e-9: float error in k / N * N
+        if kept < 1:
+            raise MicroCinemaError(f"strength {strength} runs no step of {num_inference_steps}: raise strength to at "
+                                   f"least {1 / num_inference_steps:.3g} or num_inference_steps")
+        sigmas = sigmas[num_inference_steps - kept:]
     if isinstance(noise_or_x_T, Tensor):
         x_T = noise_or_x_T
     else:
@@ -335,7 +350,12 @@ def sample(
         x_T = x_T + mean
     denoiser = VPDenoiser(eps_model, ac)
     s0, s_end = float(sigmas[0]), float(sigmas[-1])
-    x = x_T * math.sqrt(1.0 + s0**2)
+    if init is None:
+        x = x_T * math.sqrt(1.0 + s0**2)
+    else:
+        if init.shape != x_T.shape:
+            raise MicroCinemaError(f"init shape {tuple(init.shape)} must equal the noise shape {tuple(x_T.shape)}")
+        x = init.to(x_T) + s0 * x_T  # VE coordinates: x = x0 + sigma * eps
     with torch.no_grad():
         x = spec.fn(
             denoiser,

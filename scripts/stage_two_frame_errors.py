@@ -2,7 +2,7 @@
 misses per frame position, base frames (every 4th of 33; the key frame is frame 16) against interpolated ones.
 
     python scripts/stage_two_frame_errors.py --num 40 --prompt-seed 555 [--interp-gamma G] [--model DIR]
-        [--no-anchor-palette] [--strips docs/results/stage_two_frame_errors/colour_misses.png]
+        [--no-anchor-palette] [--refine-strength S] [--strips docs/results/stage_two_frame_errors/colour_misses.png]
 
 Animate mode (ground-truth key frames, so stage one's errors are out of it), 25 steps per stage, batches of 10
 seeded ``start index``. Prints one JSON line: colour / object kept in every frame, misses per frame position,
@@ -18,7 +18,10 @@ With the in-between frames' palette anchored (replacement.mean_anchor_eps_model,
 8 interpolated, colour in every frame 92.5 %, object unchanged (72.5 %).
 ``--interp-gamma`` 0 / 0.1: colour in every frame 75 % / 70 % (33 / 22 interpolated-frame misses).
 The shipped phase-6 base model (appearance attention), anchored: object misses 11 base / 39 interpolated, object
-in every frame 82.5 %, colour 95 % (docs/results/stage_two_frame_errors/phase6_tune40.json).
+in every frame 82.5 %, colour 95 % (docs/results/stage_two_frame_errors/phase6_tune40.json). That was before the
+key-frame refinement of the base frames (microcinema.keyframe_refine, the pipeline's default since 2026-12-02 at
+strength 0.3; ``--refine-strength 0`` turns it off): at 0.3 object misses 1 base / 6 interpolated, object in every
+frame 95 %, colour 100 % (phase6_refine0.3_tune40.json); at 0.4: 2 / 8, 95 %, 100 % (phase6_refine0.4_tune40.json).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--no-anchor-palette", action="store_true",
                         help="do not keep each in-between frame's palette at its condition's (the pipeline's default "
                              "does, replacement.mean_anchor_eps_model)")
+    parser.add_argument("--refine-strength", type=float, default=None,
+                        help="key-frame refinement of the base frames, 0 = off (default: the pipeline's)")
     parser.add_argument("--strips", default=None,
                         help="write a PNG: for each of the first 12 colour misses, the missed frame with two frames "
                              "either side (3x nearest-neighbour)")
@@ -57,6 +62,8 @@ def main() -> None:
     if args.interp_gamma is not None:
         pipe.interp_noise_prior_gamma = args.interp_gamma
     pipe.interp_anchor_means = pipe.interp_anchor_means and not args.no_anchor_palette
+    if args.refine_strength is not None:
+        pipe.refine_strength = args.refine_strength
     specs = domain_prompts(args.num, seed=args.prompt_seed)
     if args.only != "all":
         specs = [s for s in specs if s.object.startswith("digit") == (args.only == "digit")]

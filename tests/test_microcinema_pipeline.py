@@ -84,6 +84,8 @@ def test_save_and_load(pipeline, tmp_path):
     ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
     ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1"),
     ({"output_type": "gif"}, "unknown output_type"),
+    ({"refine_strength": 1.5}, r"refine_strength must be in \[0, 1\]"),
+    ({"refine_strength": -0.1}, r"refine_strength must be in \[0, 1\]"),
 ])
 def test_bad_arguments(pipeline, kwargs, match):
     with pytest.raises(MicroCinemaError, match=match):
@@ -123,10 +125,18 @@ def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encode
     calls, original = [], MicroCinemaPipeline.interpolate
     monkeypatch.setattr(MicroCinemaPipeline, "interpolate",
                         lambda self, *a, **kw: calls.append(kw["anchor_means"]) or original(self, *a, **kw))
-    for flags in ([], ["--no-anchor-palette"]):
+    refined, original_refine = [], MicroCinemaPipeline.refine_base
+    monkeypatch.setattr(MicroCinemaPipeline, "refine_base",
+                        lambda self, *a, **kw: refined.append(kw["strength"]) or original_refine(self, *a, **kw))
+    for flags in ([], ["--no-anchor-palette"], ["--refine-strength", "0"], ["--refine-strength", "1"]):
         assert main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(tmp_path / "a.mp4"),
                      "--model", str(folder), "--steps", "1", *flags]) == 0
-    assert calls == [None, False]  # None: the pipeline's setting (on)
+    assert calls == [None, False, None, None]  # None: the pipeline's setting (on)
+    assert refined == [0.3, 0.3, 1.0]  # the pipeline's 0.3 twice, none for 0, then 1
+    with pytest.raises(SystemExit):  # argparse's usage error
+        main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(tmp_path / "a.mp4"),
+              "--model", str(folder), "--refine-strength", "2"])
+    assert "--refine-strength must be a number from 0 to 1, got 2" in capsys.readouterr().err
     assert main(["generate", "a red circle", "--out", str(tmp_path / "v.avi"), "--model", str(folder)]) == 2
     assert main(["generate", "a red circle", "--out", str(out), "--model", str(folder), "--frames", "10"]) == 2
     assert "num_frames must be an odd number" in capsys.readouterr().err
@@ -135,9 +145,10 @@ def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encode
 def test_output_reports_seconds_per_stage(pipeline):
     out = pipeline("a red circle moving left", num_inference_steps=1, progress=False,
                    generator=torch.Generator().manual_seed(0))
-    assert list(out.timings) == ["key_frame", "base", "interpolation", "decode"]
+    assert list(out.timings) == ["key_frame", "base", "refine", "interpolation", "decode"]
     assert all(seconds > 0 for seconds in out.timings.values())
-    latent = pipeline("a red circle", num_inference_steps=1, progress=False, interpolate=False, output_type="latent")
+    latent = pipeline("a red circle", num_inference_steps=1, progress=False, interpolate=False, output_type="latent",
+                      refine_strength=0)
     assert list(latent.timings) == ["key_frame", "base"]
 
 
@@ -235,3 +246,30 @@ def test_interp_anchor_means_keeps_in_between_frames_at_their_conditions_palette
     want = palette(interpolation_condition(base[:, :, 0], base[:, :, 1], 5))[:, :, 1:-1]
     error = lambda z: (palette(z[:, :, 1:4]) - want).abs().max().item()  # noqa: E731
     assert error(anchored) < 0.1 < error(free)
+
+
+def test_key_frame_refinement_is_a_second_pass_over_the_base_frames(pipeline, tmp_path):
+    run = lambda **kw: pipeline("a red circle moving left", num_inference_steps=5, progress=False,  # noqa: E731
+                                interpolate=False, generator=torch.Generator().manual_seed(0), output_type="latent",
+                                **kw).frames[0]
+    assert pipeline.refine_strength == 0.3  # on by default
+    refined, first_pass = run(), run(refine_strength=0)
+    z_key = pipeline.encode_images(FixedKeyFrames()(["x"], num_inference_steps=1, guidance_scale=None,
+                                                    generator=None, size=pipeline.image_size))[0]
+    assert (refined[:, 4] - z_key).abs().max() < 0.15  # the key frame stays pinned
+    assert not torch.allclose(refined[:, 0], first_pass[:, 0])  # the other frames are re-denoised
+    z = pipeline.encode_images(FixedKeyFrames()(["x"], num_inference_steps=1, guidance_scale=None, generator=None,
+                                                size=pipeline.image_size))
+    again = pipeline.refine_base(["a red circle moving left"], z, first_pass[None], strength=0.4, steps=5, scale=3.0,
+                                 generator=torch.Generator().manual_seed(1), lam=pipeline.noise_prior_lambda,
+                                 progress=False, pin_key_frame=True)
+    assert again.shape == first_pass[None].shape
+    pipeline.refine_strength = 0.25
+    try:
+        pipeline.save_pretrained(tmp_path / "pipe")
+        assert json.loads((tmp_path / "pipe" / "microcinema.json").read_text())["refine_strength"] == 0.25
+        assert MicroCinemaPipeline.from_pretrained(tmp_path / "pipe").refine_strength == 0.25
+    finally:
+        pipeline.refine_strength = 0.3
+    with pytest.raises(MicroCinemaError, match=r"refine_strength must be in \[0, 1\]"):
+        MicroCinemaPipeline(video_unet(0), tiny_vae(), pipeline.text_encoder, refine_strength=2.0)

@@ -101,6 +101,36 @@ def test_ddim_matches_diffusers(steps: int) -> None:
     assert rel_err(ours, z) < 1e-5  # measured ~5e-7 (float32 rounding)
 
 
+@pytest.mark.parametrize("strength", [0.4, 0.75, 1.0])
+def test_sdedit_matches_diffusers_img2img(strength: float) -> None:
+    """``init``/``strength`` as diffusers' img2img pipelines: the last int(N * strength) DDIM timesteps, from
+    ``scheduler.add_noise(init, noise, first timestep)``."""
+    eps, noise = linear_eps(), video_noise()
+    init = torch.randn(noise.shape, generator=torch.Generator().manual_seed(7))
+    sch = DDIMScheduler(**SD, set_alpha_to_one=False, steps_offset=1, clip_sample=False)
+    sch.set_timesteps(25)
+    timesteps = sch.timesteps[25 - int(25 * strength):]
+    z = sch.add_noise(init, noise, timesteps[:1])
+    for t in timesteps:
+        z = sch.step(eps(z, t.float()), t, z).prev_sample
+    calls = []
+    counted = lambda z_t, t: calls.append(float(t.flatten()[0])) or eps(z_t, t)  # noqa: E731
+    ours = sample(counted, noise, sampler="ddim", num_inference_steps=25, init=init, strength=strength, progress=False)
+    assert len(calls) == len(timesteps) and abs(calls[0] - float(timesteps[0])) < 1e-6
+    assert rel_err(ours, z) < 1e-5
+
+
+def test_sdedit_user_errors() -> None:
+    eps, noise = linear_eps(), video_noise()
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(MicroCinemaError, match=r"strength must be in \(0, 1\]"):
+            sample(eps, noise, init=noise, strength=bad, progress=False)
+    with pytest.raises(MicroCinemaError, match="runs no step of 10"):
+        sample(eps, noise, num_inference_steps=10, init=noise, strength=0.05, progress=False)
+    with pytest.raises(MicroCinemaError, match="init shape"):
+        sample(eps, noise, init=noise[:1], strength=0.5, progress=False)
+
+
 @pytest.mark.parametrize("sampler,karras", [("euler", False), ("edm_euler", True)])
 def test_euler_matches_diffusers(sampler: str, karras: bool) -> None:
     eps, x_T = linear_eps(), video_noise()

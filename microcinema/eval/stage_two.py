@@ -190,10 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seed of the prompt set (999: the reported evaluation; use another to tune settings)")
     parser.add_argument("--no-pin-key-frame", action="store_true",
                         help="let the model redraw the key frame (the paper's sampling; default: kept exactly)")
+    parser.add_argument("--refine-strength", type=float, default=None,
+                        help="key-frame refinement of the base frames, 0 = off (default: the pipeline's)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = MicroCinemaPipeline.from_pretrained(args.model) if args.model else MicroCinemaPipeline.embedded()
     pipe.pin_key_frame = not args.no_pin_key_frame
+    if args.refine_strength is not None:
+        pipe.refine_strength = args.refine_strength
     specs = domain_prompts(args.num, seed=args.prompt_seed)
     results = {"command": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "modes": {}}
     for mode in args.mode:

@@ -14,6 +14,9 @@ By default the key frame is kept exactly as the centre frame during stage two (t
 :mod:`microcinema.replacement`; beyond the paper, which lets the model redraw it: ``pin_key_frame=False``).
 By default each in-between frame's palette is also kept at the mean of its interpolated condition
 (:func:`microcinema.replacement.mean_anchor_eps_model`, also beyond the paper; ``interp_anchor_means=False``
+turns it off). By default the base frames then get a short second pass, the motion-compensated key-frame
+refinement (:mod:`microcinema.keyframe_refine`, beyond the paper): each frame restarts from the key frame
+warped to where the first pass moved it and the last 30 % of the schedule is re-run (``refine_strength=0``
 turns it off).
 
 Latents are decoded by the VAE at the end. All sampling goes through :func:`microcinema.samplers.sample`.
@@ -36,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MicroCinemaError, check
 from ..guidance import cfg_eps_model
+from ..keyframe_refine import DEFAULT_MIN_SCORE, refine_init
 from ..noise_priors import DEFAULT_GAMMA, DEFAULT_LAMBDA, appearance_init_mean
 from ..replacement import centre_frame_mask, mean_anchor_eps_model, replacement_eps_model
 from ..samplers import SAMPLERS, sample
@@ -48,6 +52,9 @@ from .text_to_image import check_prompts, check_steps, cond_eps_model, prompt_an
 
 PIPELINE_FILE = "microcinema.json"
 INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between each pair
+#: The fraction of the sampling steps the key-frame refinement re-runs (keyframe_refine; chosen on the tuning
+#: prompts, see its docs/results entry).
+DEFAULT_REFINE_STRENGTH = 0.3
 
 
 @dataclass
@@ -73,7 +80,8 @@ class MicroCinemaPipeline:
                  guidance_scale: float = 5.0, noise_prior_lambda: float = DEFAULT_LAMBDA,
                  noise_prior_gamma: float = DEFAULT_GAMMA, interp_noise_prior_lambda: float = DEFAULT_LAMBDA,
                  interp_noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17),
-                 pin_key_frame: bool = True, interp_anchor_means: bool = True) -> None:
+                 pin_key_frame: bool = True, interp_anchor_means: bool = True,
+                 refine_strength: float = DEFAULT_REFINE_STRENGTH) -> None:
         self.video_unet, self.vae, self.text_encoder = video_unet.eval(), vae.eval(), text_encoder
         self.interp_unet = interp_unet.eval() if interp_unet is not None else None
         self._key_frame_model = key_frame_model
@@ -86,6 +94,9 @@ class MicroCinemaPipeline:
         self.pin_key_frame = pin_key_frame  # replacement method on the centre frame (microcinema.replacement)
         # keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model)
         self.interp_anchor_means = interp_anchor_means
+        # motion-compensated key-frame refinement of the base frames (keyframe_refine; 0 turns it off)
+        check(0 <= refine_strength <= 1, f"refine_strength must be in [0, 1] (0: off), got {refine_strength!r}")
+        self.refine_strength = float(refine_strength)
 
     # ------------------------------------------------------------------ loading and saving
     def _settings(self) -> dict[str, Any]:
@@ -93,7 +104,8 @@ class MicroCinemaPipeline:
                 "guidance_scale": self.guidance_scale, "noise_prior_lambda": self.noise_prior_lambda,
                 "noise_prior_gamma": self.noise_prior_gamma, "interp_noise_prior_lambda": self.interp_noise_prior_lambda,
                 "interp_noise_prior_gamma": self.interp_noise_prior_gamma, "num_frames_range": list(self.num_frames_range),
-                "pin_key_frame": self.pin_key_frame, "interp_anchor_means": self.interp_anchor_means}
+                "pin_key_frame": self.pin_key_frame, "interp_anchor_means": self.interp_anchor_means,
+                "refine_strength": self.refine_strength}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32,
@@ -172,26 +184,50 @@ class MicroCinemaPipeline:
     def _generator(self, generator: torch.Generator | None) -> torch.Generator:
         return generator if generator is not None else torch.Generator().manual_seed(int(torch.seed() % 2**63))
 
-    @torch.no_grad()
-    def generate_base(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, steps: int, scale: float,
-                      generator: torch.Generator, lam: float, gamma: float, progress: bool,
-                      pin_key_frame: bool = False) -> torch.Tensor:
-        """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w). ``pin_key_frame``:
-        the centre frame follows the key frame's forward process (replacement method), so it is ``z_key``."""
+    def _base_eps_model(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, scale: float,
+                        generator: torch.Generator, lam: float, pin_key_frame: bool) -> tuple[Any, torch.Tensor]:
+        """The base model's guided noise prediction for ``prompts`` and key frame latents ``z_key`` (B, C, h, w)
+        (centre frame pinned if asked), and the AppearNet condition (B, C, 1, h, w)."""
         cond, uncond = prompt_and_empty_conds(self.text_encoder, prompts)
         condition = z_key.unsqueeze(2)  # AppearNet input [z_c, ..., z_c]: one frame, broadcast over F
         cond, uncond = {**cond, "condition": condition}, {**uncond, "condition": condition}
-        noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator,
-                            device=generator.device).to(z_key.device)
         eps_model = cfg_eps_model(cond_eps_model(self.video_unet), cond, uncond, scale)
         if pin_key_frame:  # the key frame's noise as in training: n + lambda z_c (section 3.3, eq. 3)
             known = condition.expand(-1, -1, num_frames, -1, -1)
             known_noise = torch.randn(known.shape, generator=generator, device=generator.device).to(z_key.device)
             eps_model = replacement_eps_model(eps_model, known, centre_frame_mask(num_frames, z_key.device),
                                               known_noise + lam * known)
+        return eps_model, condition
+
+    @torch.no_grad()
+    def generate_base(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, steps: int, scale: float,
+                      generator: torch.Generator, lam: float, gamma: float, progress: bool,
+                      pin_key_frame: bool = False) -> torch.Tensor:
+        """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w). ``pin_key_frame``:
+        the centre frame follows the key frame's forward process (replacement method), so it is ``z_key``."""
+        eps_model, _ = self._base_eps_model(prompts, z_key, num_frames, scale=scale, generator=generator, lam=lam,
+                                            pin_key_frame=pin_key_frame)
+        noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator,
+                            device=generator.device).to(z_key.device)
         return sample(eps_model, noise,
                       sampler=self.sampler, num_inference_steps=steps, generator=generator,
                       init_mean=appearance_init_mean(z_key, num_frames, lam, gamma), progress=progress)
+
+    @torch.no_grad()
+    def refine_base(self, prompts: list[str], z_key: torch.Tensor, latents: torch.Tensor, *, strength: float,
+                    steps: int, scale: float, generator: torch.Generator, lam: float, progress: bool,
+                    pin_key_frame: bool = False, min_score: float = DEFAULT_MIN_SCORE) -> torch.Tensor:
+        """Motion-compensated key-frame refinement (:mod:`microcinema.keyframe_refine`, beyond the paper) of base
+        latents (B, C, F, h, w): each frame restarts from the key frame warped onto it (where a similarity
+        transform explains it, score >= ``min_score``) and is re-denoised over the last ``strength`` of the
+        ``steps``-step schedule (at least one step) with the same text, guidance and key frame."""
+        strength = max(1, int(steps * strength + 1e-9)) / steps
+        init, _ = refine_init(latents, self.decode_latents, self.encode_images, latents.shape[2] // 2, min_score)
+        eps_model, condition = self._base_eps_model(prompts, z_key, latents.shape[2], scale=scale, generator=generator,
+                                                    lam=lam, pin_key_frame=pin_key_frame)
+        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
+        return sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
+                      init_mean=lam * condition, init=init, strength=strength, progress=progress)
 
     @torch.no_grad()
     def interpolate(self, latents: torch.Tensor, *, steps: int, generator: torch.Generator, lam: float, gamma: float,
@@ -234,12 +270,13 @@ class MicroCinemaPipeline:
                  generator: torch.Generator | None = None, interpolate: bool = True, output_type: str = "np",
                  noise_prior_lambda: float | None = None, noise_prior_gamma: float | None = None,
                  pin_key_frame: bool | None = None, interp_anchor_means: bool | None = None,
-                 progress: bool = True) -> VideoPipelineOutput:
+                 refine_strength: float | None = None, progress: bool = True) -> VideoPipelineOutput:
         """Generate videos for ``prompt``; ``image`` (path, PIL image, or a list of them, one per prompt) replaces
         stage one. ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps -> 33 at 8).
         ``pin_key_frame``: keep the key frame as the centre frame exactly (replacement method; default: the
         pipeline's setting). ``interp_anchor_means``: keep each interpolated frame's palette at its
-        condition's (default: the pipeline's setting)."""
+        condition's (default: the pipeline's setting). ``refine_strength``: the fraction of the steps re-run by
+        the motion-compensated key-frame refinement of the base frames, 0 = off (default: the pipeline's)."""
         prompts = check_prompts(prompt)
         steps = check_steps(num_inference_steps)
         num_frames = self.check_num_frames(num_frames)
@@ -249,6 +286,9 @@ class MicroCinemaPipeline:
         check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}: allowed are {', '.join(SAMPLERS)}")
         check(not interpolate or self.interp_unet is not None,
               "this pipeline has no interpolation model: pass interpolate=False (CLI: --no-interpolate)")
+        refine = self.refine_strength if refine_strength is None else refine_strength
+        check(isinstance(refine, (int, float)) and 0 <= refine <= 1, f"refine_strength must be in [0, 1] (0: off), "
+              f"got {refine!r}")
         lam = self.noise_prior_lambda if noise_prior_lambda is None else noise_prior_lambda
         gamma = self.noise_prior_gamma if noise_prior_gamma is None else noise_prior_gamma
         generator = self._generator(generator)
@@ -275,11 +315,17 @@ class MicroCinemaPipeline:
         stages.update()
 
         stages.set_postfix_str("image&text-to-video")
-        latents = self.generate_base(prompts, self.encode_images(key_frames), num_frames, steps=steps, scale=scale,
-                                     generator=generator, lam=lam, gamma=gamma, progress=False,
-                                     pin_key_frame=self.pin_key_frame if pin_key_frame is None else pin_key_frame)
+        z_key = self.encode_images(key_frames)
+        pin = self.pin_key_frame if pin_key_frame is None else pin_key_frame
+        latents = self.generate_base(prompts, z_key, num_frames, steps=steps, scale=scale, generator=generator,
+                                     lam=lam, gamma=gamma, progress=False, pin_key_frame=pin)
         fps = self.base_fps
         lap("base")
+        if refine > 0:
+            stages.set_postfix_str("key-frame refinement")
+            latents = self.refine_base(prompts, z_key, latents, strength=refine, steps=steps, scale=scale,
+                                       generator=generator, lam=lam, progress=False, pin_key_frame=pin)
+            lap("refine")
         stages.update()
         if interpolate:
             stages.set_postfix_str("interpolation x4")
