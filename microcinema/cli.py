@@ -269,9 +269,9 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let the interpolation model choose the in-between frames' colours (default: each one's "
                              "mean is kept at the mean of its two neighbours, replacement.mean_anchor_eps_model)")
     parser.add_argument("--refine-strength", type=_fraction("--refine-strength"), default=None,
-                        help="key-frame refinement of the base frames: the fraction of the steps re-run from the key "
-                             "frame warped to each frame's object (0 turns it off; default: the model's, 0.3 for the "
-                             "embedded one; microcinema.keyframe_refine)")
+                        help="key-frame refinement of the base and in-between frames: the fraction of the steps "
+                             "re-run from the key frame warped onto each frame's object (0 turns it off; default: the "
+                             "model's, 0.3 for the embedded one; microcinema.keyframe_refine)")
     parser.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of the frames")
 
 

@@ -1,4 +1,4 @@
-"""Motion-compensated key-frame refinement of stage two's base frames (an extension beyond the papers).
+"""Motion-compensated key-frame refinement of stage two's frames (an extension beyond the papers).
 
 The paper's AppearNet adds the key frame's features at the *same* pixel (section 3.2), and the Appearance
 Noise Prior adds the key frame latent at the same pixel too (section 3.3). A detail that moves far from where
@@ -6,7 +6,8 @@ the key frame has it must therefore be redrawn by the U-Net's convolutions. With
 redrawing loses fine shapes: a handwritten 1 sliding down turns into a 9 or a 2 on the way, while the same digit
 held still keeps its glyph (docs/results/stage_two_frame_errors/phase6_digits.png).
 
-The refinement is a second, short pass over the base frames:
+The refinement is a second, short pass, first over the base frames (with the base model), then over the
+interpolated in-between frames (with the interpolation model):
 
 1. **Register** the key frame to each generated frame (:func:`register_similarity`): a similarity transform
    without rotation (one scale ``s`` on a log grid, a shift ``d``), found by FFT cross-correlation of the
@@ -18,10 +19,13 @@ The refinement is a second, short pass over the base frames:
    frame's appearance where the first pass put the object. A frame the transform does not explain (score
    below ``min_score``: the object lost, a non-rigid change) keeps its own first-pass latent.
 3. **Re-denoise** these latents with SDEdit (Meng et al. 2022, "SDEdit", section 3: noise to an intermediate
-   level, then denoise): the last ``strength`` fraction of the sampling schedule, with the same model, text,
-   guidance and pinned key frame (:func:`microcinema.samplers.sample` with ``init=`` and ``strength=``).
+   level, then denoise): the last ``strength`` fraction of the sampling schedule, with the same model and
+   conditions as the first pass (base: text, guidance, pinned key frame; interpolation: its two end frames)
+   (:func:`microcinema.samplers.sample` with ``init=`` and ``strength=``).
 
-The motion is the first pass's (from the text); the appearance is the key frame's. The transform has no
+The motion is the first pass's (from the text); the appearance is the key frame's. Measured (40 tuning prompts,
+animate mode, ``scripts/stage_two_frame_errors.py``): object kept in every frame 82.5 % -> 97.5 %, frames with an
+object miss 11 base / 39 interpolated -> 1 / 1, colour kept in every frame 95 % -> 100 %. The transform has no
 rotation and no deformation, so the refinement suits rigid objects and camera zooms/pans (the procedural
 domain), not articulated motion: turn it off with ``MicroCinemaPipeline(refine_strength=0)`` (CLI:
 ``--refine-strength 0``). :func:`refine_init` builds the start latents; the pipeline runs the sampling.
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,9 +156,11 @@ def smooth_scales(scale: Tensor, times: Tensor, keep: Tensor) -> Tensor:
 
 
 def refine_init(latents: Tensor, decode: Callable[[Tensor], Tensor], encode: Callable[[Tensor], Tensor],
-                key_index: int, min_score: float = DEFAULT_MIN_SCORE) -> tuple[Tensor, Tensor]:
-    """Start latents for the refinement pass: each non-key frame of ``latents`` (B, C, F, h, w) replaced by the
-    encoded key frame warped onto it, where the registration scores at least ``min_score``.
+                key_index: int, min_score: float = DEFAULT_MIN_SCORE,
+                frames: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+    """Start latents for the refinement pass: each non-key frame of ``latents`` (B, C, F, h, w) (or only those in
+    ``frames``) replaced by the encoded key frame warped onto it, where the registration scores at least
+    ``min_score``.
 
     ``decode``: (B, C, F, h, w) latents -> (B, F, 3, H, W) pixels; ``encode``: (N, 3, H, W) pixels -> (N, C, h, w)
     latents (the pipeline's VAE). Returns the start latents and the (B, F) bool mask of warped frames.
@@ -165,7 +171,8 @@ def refine_init(latents: Tensor, decode: Callable[[Tensor], Tensor], encode: Cal
     pixels = decode(latents).float()
     init = latents.clone()
     warped_mask = torch.zeros(b, f, dtype=torch.bool)
-    others = [i for i in range(f) if i != key_index]
+    others = [i for i in (range(f) if frames is None else frames) if i != key_index]
+    check(all(0 <= i < f for i in others), f"frames must be indices below {f}, got {list(others)}")
     times = torch.tensor(others, dtype=torch.float32) - key_index
     for n in range(b):
         key = pixels[n, key_index]

@@ -3,7 +3,8 @@
 Median of --runs single-prompt generations at --steps sampling steps per stage (default 25, DDIM: stage one
 with text guidance, stage two with text guidance, interpolation without), after one warm-up run; prints
 the median time of each stage and the peak resident memory of the process during the timed runs (Linux
-VmHWM, reset before the runs). A reference run with interpolation off is printed too, with the ratio.
+VmHWM, reset before the runs). Reference runs in the same process are printed too, with their ratios: with
+interpolation off, and with the key-frame refinement off (``refine_strength=0``).
 
     python scripts/benchmark_video.py --runs 5 --steps 25
 """
@@ -38,15 +39,15 @@ def reset_peak_rss() -> None:
         pass
 
 
-def time_runs(pipe: MicroCinemaPipeline, prompt: str, runs: int, steps: int, interpolate: bool
-              ) -> tuple[list[float], dict[str, float], int]:
+def time_runs(pipe: MicroCinemaPipeline, prompt: str, runs: int, steps: int, interpolate: bool,
+              refine_strength: float | None = None) -> tuple[list[float], dict[str, float], int]:
     totals, stages = [], {}
     frames = 0
     for run in range(runs):
         pipe.text_encoder.clear_cache()
         start = time.perf_counter()
         out = pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(run),
-                   interpolate=interpolate, progress=False)
+                   interpolate=interpolate, refine_strength=refine_strength, progress=False)
         totals.append(time.perf_counter() - start)
         frames = out.frames.shape[1]
         for name, seconds in out.timings.items():
@@ -81,6 +82,11 @@ def main() -> None:
     base = statistics.median(base_totals)
     print(f"reference, same process, no interpolation ({base_frames} frames): median {base:.2f} s; "
           f"interpolated / base-only = {median / base:.2f}x")
+    plain_totals, plain_stages, _ = time_runs(pipe, args.prompt, args.runs, args.steps, interpolate=True,
+                                              refine_strength=0.0)
+    plain = statistics.median(plain_totals)
+    print(f"reference, same process, key-frame refinement off: median {plain:.2f} s ("
+          + ", ".join(f"{k} {v:.2f}" for k, v in plain_stages.items()) + f"); refined / not = {median / plain:.2f}x")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ DEFAULT_INDICES = (0, 5, 12, 18, 19, 21, 22)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--save-videos", default=None, help="also write the 33-frame videos (before, after) as .npz")
     parser.add_argument("--indices", type=int, nargs="+", default=list(DEFAULT_INDICES),
                         help="which tuning prompts (indices into domain_prompts(40, seed=555))")
     args = parser.parse_args()
@@ -43,11 +44,15 @@ def main() -> None:
             out = pipe([s.caption for s in batch], image=keys[start:start + 10], num_frames=9, num_inference_steps=25,
                        refine_strength=strength, generator=torch.Generator().manual_seed(start), progress=False)
             for k, video in enumerate(out.frames):
-                videos.setdefault(start + k, []).append(video[::INTERPOLATION_FACTOR])
+                videos.setdefault(start + k, []).append(video)
     rows = []
     for i in args.indices:
-        rows += [render_clip(specs[i]), *videos[i]]
+        rows += [render_clip(specs[i]), *(video[::INTERPOLATION_FACTOR] for video in videos[i])]
         print(specs[i].caption)
+    if args.save_videos:
+        np.savez_compressed(args.save_videos, indices=np.array(args.indices),
+                            before=np.stack([videos[i][0] for i in args.indices]),
+                            after=np.stack([videos[i][1] for i in args.indices]))
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(args.out)
     print(f"wrote {args.out}: per prompt, truth / refine_strength=0 / default")

@@ -19,9 +19,11 @@ With the in-between frames' palette anchored (replacement.mean_anchor_eps_model,
 ``--interp-gamma`` 0 / 0.1: colour in every frame 75 % / 70 % (33 / 22 interpolated-frame misses).
 The shipped phase-6 base model (appearance attention), anchored: object misses 11 base / 39 interpolated, object
 in every frame 82.5 %, colour 95 % (docs/results/stage_two_frame_errors/phase6_tune40.json). That was before the
-key-frame refinement of the base frames (microcinema.keyframe_refine, the pipeline's default since 2026-12-02 at
-strength 0.3; ``--refine-strength 0`` turns it off): at 0.3 object misses 1 base / 6 interpolated, object in every
-frame 95 %, colour 100 % (phase6_refine0.3_tune40.json); at 0.4: 2 / 8, 95 %, 100 % (phase6_refine0.4_tune40.json).
+key-frame refinement (microcinema.keyframe_refine, the pipeline's default since 2026-12-02 at strength 0.3;
+``--refine-strength 0`` turns it off). Refining the base frames only (the first version, same day): at 0.3 object
+misses 1 base / 6 interpolated, object in every frame 95 %, colour 100 % (phase6_refine_base_only0.3_tune40.json);
+at 0.4: 2 / 8, 95 %, 100 % (phase6_refine_base_only0.4_tune40.json). Refining the in-between frames too (shipped):
+1 / 1, object in every frame 97.5 %, colour 100 % (phase6_refine0.3_tune40.json).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def main() -> None:
                         help="do not keep each in-between frame's palette at its condition's (the pipeline's default "
                              "does, replacement.mean_anchor_eps_model)")
     parser.add_argument("--refine-strength", type=float, default=None,
-                        help="key-frame refinement of the base frames, 0 = off (default: the pipeline's)")
+                        help="key-frame refinement of the base and in-between frames, 0 = off "
+                             "(default: the pipeline's)")
     parser.add_argument("--strips", default=None,
                         help="write a PNG: for each of the first 12 colour misses, the missed frame with two frames "
                              "either side (3x nearest-neighbour)")

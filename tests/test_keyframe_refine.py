@@ -86,6 +86,19 @@ def test_refine_init_puts_the_key_frames_glyph_where_the_first_pass_moved_the_ob
     assert error(init) < 0.4 * error(first_pass)  # measured 0.22: the 9 drawn sits ~1 px off the true 6
 
 
+def test_refine_init_touches_only_the_frames_asked_for() -> None:
+    frames, _ = clip_with("down")
+    latents = rearrange(pixels(frames), "f c h w -> 1 c f h w")
+    latents[:, :, [1, 2, 6]] = latents[:, :, [1, 2, 6]].flip(-1)  # wrong where asked and where not
+    decode = lambda z: rearrange(z, "b c f h w -> b f c h w")  # noqa: E731
+    init, warped = refine_init(latents, decode, lambda x: x, key_index=4, frames=[1, 2, 4])
+    assert warped.tolist() == [[False, True, True, False, False, False, False, False, False]]
+    untouched = [0, 3, 4, 5, 6, 7, 8]
+    torch.testing.assert_close(init[:, :, untouched], latents[:, :, untouched])
+    with pytest.raises(MicroCinemaError, match="frames must be indices below 9"):
+        refine_init(latents, decode, lambda x: x, key_index=4, frames=[2, 9])
+
+
 def test_smoothed_scales_follow_growth_and_drop_jitter() -> None:
     times = torch.tensor([-4.0, -3, -2, -1, 1, 2, 3, 4])
     growth = 1 + 0.1 * times  # the domain's objects grow linearly in size

@@ -264,6 +264,12 @@ def test_key_frame_refinement_is_a_second_pass_over_the_base_frames(pipeline, tm
                                  generator=torch.Generator().manual_seed(1), lam=pipeline.noise_prior_lambda,
                                  progress=False, pin_key_frame=True)
     assert again.shape == first_pass[None].shape
+    interp = lambda **kw: pipeline.interpolate(first_pass[None], steps=5, generator=torch.Generator().manual_seed(2),  # noqa: E731
+                                               lam=0.03, gamma=0.02, progress=False, **kw)
+    plain, both = interp(), interp(refine_strength=0.3)
+    assert both.shape == plain.shape == (1, 4, 33, 8, 8)
+    torch.testing.assert_close(both[:, :, ::4], first_pass[None])  # base frames kept
+    assert not torch.allclose(both[:, :, 1:4], plain[:, :, 1:4])  # in-between frames re-denoised
     pipeline.refine_strength = 0.25
     try:
         pipeline.save_pretrained(tmp_path / "pipe")

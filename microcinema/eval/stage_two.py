@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-pin-key-frame", action="store_true",
                         help="let the model redraw the key frame (the paper's sampling; default: kept exactly)")
     parser.add_argument("--refine-strength", type=float, default=None,
-                        help="key-frame refinement of the base frames, 0 = off (default: the pipeline's)")
+                        help="key-frame refinement of the base and in-between frames, 0 = off "
+                             "(default: the pipeline's)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = MicroCinemaPipeline.from_pretrained(args.model) if args.model else MicroCinemaPipeline.embedded()

@@ -14,10 +14,10 @@ By default the key frame is kept exactly as the centre frame during stage two (t
 :mod:`microcinema.replacement`; beyond the paper, which lets the model redraw it: ``pin_key_frame=False``).
 By default each in-between frame's palette is also kept at the mean of its interpolated condition
 (:func:`microcinema.replacement.mean_anchor_eps_model`, also beyond the paper; ``interp_anchor_means=False``
-turns it off). By default the base frames then get a short second pass, the motion-compensated key-frame
-refinement (:mod:`microcinema.keyframe_refine`, beyond the paper): each frame restarts from the key frame
-warped to where the first pass moved it and the last 30 % of the schedule is re-run (``refine_strength=0``
-turns it off).
+turns it off). By default the base frames, and then the in-between frames, get a short second pass, the
+motion-compensated key-frame refinement (:mod:`microcinema.keyframe_refine`, beyond the paper): each frame
+restarts from the key frame warped to where the first pass moved it and the last 30 % of the schedule is re-run
+by the same model (``refine_strength=0`` turns it off).
 
 Latents are decoded by the VAE at the end. All sampling goes through :func:`microcinema.samplers.sample`.
 """
@@ -57,6 +57,17 @@ INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between ea
 DEFAULT_REFINE_STRENGTH = 0.3
 
 
+def _join_clips(latents: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+    """Base latents (B, C, F, h, w) and the interpolation model's clips ((B (F - 1)), C, 5, h, w) between each
+    adjacent pair -> (B, C, 4 (F - 1) + 1, h, w): the base frames, and the clips' three middle frames between."""
+    middle = rearrange(clips[:, :, 1:-1], "(b f) c m h w -> b c f m h w", b=latents.shape[0])
+    pieces = []
+    for k in range(latents.shape[2] - 1):
+        pieces += [latents[:, :, k:k + 1], middle[:, :, k]]
+    pieces.append(latents[:, :, -1:])
+    return torch.cat(pieces, dim=2)
+
+
 @dataclass
 class VideoPipelineOutput:
     """``frames``: (B, T, H, W, 3) uint8 for ``"np"``, (B, T, 3, H, W) in [-1, 1] for ``"pt"``, or latents
@@ -94,7 +105,7 @@ class MicroCinemaPipeline:
         self.pin_key_frame = pin_key_frame  # replacement method on the centre frame (microcinema.replacement)
         # keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model)
         self.interp_anchor_means = interp_anchor_means
-        # motion-compensated key-frame refinement of the base frames (keyframe_refine; 0 turns it off)
+        # motion-compensated key-frame refinement of base and in-between frames (keyframe_refine; 0: off)
         check(0 <= refine_strength <= 1, f"refine_strength must be in [0, 1] (0: off), got {refine_strength!r}")
         self.refine_strength = float(refine_strength)
 
@@ -231,10 +242,13 @@ class MicroCinemaPipeline:
 
     @torch.no_grad()
     def interpolate(self, latents: torch.Tensor, *, steps: int, generator: torch.Generator, lam: float, gamma: float,
-                    progress: bool, anchor_means: bool | None = None) -> torch.Tensor:
+                    progress: bool, anchor_means: bool | None = None, refine_strength: float = 0.0,
+                    min_score: float = DEFAULT_MIN_SCORE) -> torch.Tensor:
         """x4 temporal interpolation of (B, C, F, h, w) latents to (B, C, 4 (F - 1) + 1, h, w); base frames kept.
         ``anchor_means``: keep each in-between frame's palette at its condition's (default: the pipeline's
-        ``interp_anchor_means``)."""
+        ``interp_anchor_means``). ``refine_strength`` > 0: the in-between frames then get the key-frame
+        refinement too (:mod:`microcinema.keyframe_refine`; the key frame is the centre base frame), re-denoised
+        by the interpolation model over the last ``refine_strength`` of the schedule."""
         check(self.interp_unet is not None, "this pipeline has no interpolation model: pass interpolate=False")
         b, c, f, h, w = latents.shape
         first = rearrange(latents[:, :, :-1], "b c f h w -> (b f) c h w")
@@ -246,15 +260,20 @@ class MicroCinemaPipeline:
         eps_model = cfg_eps_model(cond_eps_model(self.interp_unet), cond, cond, 1.0)
         if self.interp_anchor_means if anchor_means is None else anchor_means:
             eps_model = mean_anchor_eps_model(eps_model, condition.mean(dim=(-2, -1), keepdim=True))
-        middle = sample(eps_model, noise, sampler=self.sampler,
-                        num_inference_steps=steps, generator=generator, progress=progress,
-                        init_mean=(lam + gamma) * condition)[:, :, 1:-1]
-        middle = rearrange(middle, "(b f) c m h w -> b c f m h w", b=b)
-        pieces = []
-        for k in range(f - 1):
-            pieces += [latents[:, :, k:k + 1], middle[:, :, k]]
-        pieces.append(latents[:, :, -1:])
-        return torch.cat(pieces, dim=2)
+        clips = sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
+                       progress=progress, init_mean=(lam + gamma) * condition)
+        if refine_strength > 0:
+            full = _join_clips(latents, clips)
+            between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
+            init, _ = refine_init(full, self.decode_latents, self.encode_images, full.shape[2] // 2, min_score,
+                                  frames=between)
+            starts = range(0, full.shape[2] - 1, INTERPOLATION_FACTOR)
+            init = rearrange(torch.stack([init[:, :, s:s + n] for s in starts], dim=1), "b f c m h w -> (b f) c m h w")
+            noise = torch.randn(clips.shape, generator=generator, device=generator.device).to(latents.device)
+            clips = sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
+                           progress=progress, init_mean=lam * condition, init=init,
+                           strength=max(1, int(steps * refine_strength + 1e-9)) / steps)
+        return _join_clips(latents, clips)
 
     # ------------------------------------------------------------------ the call
     def check_num_frames(self, num_frames: int) -> int:
@@ -276,7 +295,8 @@ class MicroCinemaPipeline:
         ``pin_key_frame``: keep the key frame as the centre frame exactly (replacement method; default: the
         pipeline's setting). ``interp_anchor_means``: keep each interpolated frame's palette at its
         condition's (default: the pipeline's setting). ``refine_strength``: the fraction of the steps re-run by
-        the motion-compensated key-frame refinement of the base frames, 0 = off (default: the pipeline's)."""
+        the motion-compensated key-frame refinement of the base and in-between frames, 0 = off (default: the
+        pipeline's)."""
         prompts = check_prompts(prompt)
         steps = check_steps(num_inference_steps)
         num_frames = self.check_num_frames(num_frames)
@@ -331,7 +351,8 @@ class MicroCinemaPipeline:
             stages.set_postfix_str("interpolation x4")
             latents = self.interpolate(latents, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
                                        gamma=self.interp_noise_prior_gamma, progress=False,
-                                       anchor_means=interp_anchor_means)
+                                       anchor_means=interp_anchor_means,
+                                       refine_strength=refine)
             fps = self.base_fps * INTERPOLATION_FACTOR
             lap("interpolation")
             stages.update()
