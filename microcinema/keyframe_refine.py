@@ -157,13 +157,15 @@ def smooth_scales(scale: Tensor, times: Tensor, keep: Tensor) -> Tensor:
 
 def refine_init(latents: Tensor, decode: Callable[[Tensor], Tensor], encode: Callable[[Tensor], Tensor],
                 key_index: int, min_score: float = DEFAULT_MIN_SCORE,
-                frames: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+                frames: Sequence[int] | None = None, key_pixels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Start latents for the refinement pass: each non-key frame of ``latents`` (B, C, F, h, w) (or only those in
     ``frames``) replaced by the encoded key frame warped onto it, where the registration scores at least
     ``min_score``.
 
     ``decode``: (B, C, F, h, w) latents -> (B, F, 3, H, W) pixels; ``encode``: (N, 3, H, W) pixels -> (N, C, h, w)
-    latents (the pipeline's VAE). Returns the start latents and the (B, F) bool mask of warped frames.
+    latents (the pipeline's VAE). ``key_pixels`` (B, 3, H, W): the key frame to warp (default: the decoded frame
+    ``key_index``, which is the key frame when it was pinned). Returns the start latents and the (B, F) bool mask
+    of warped frames.
     """
     check(latents.ndim == 5, f"latents must be (B, C, F, h, w), got shape {tuple(latents.shape)}")
     b, _, f = latents.shape[:3]
@@ -174,8 +176,11 @@ def refine_init(latents: Tensor, decode: Callable[[Tensor], Tensor], encode: Cal
     others = [i for i in (range(f) if frames is None else frames) if i != key_index]
     check(all(0 <= i < f for i in others), f"frames must be indices below {f}, got {list(others)}")
     times = torch.tensor(others, dtype=torch.float32) - key_index
+    if key_pixels is not None:
+        check(tuple(key_pixels.shape) == (b, *pixels.shape[2:]),
+              f"key_pixels must be (B, 3, H, W) = {(b, *pixels.shape[2:])}, got {tuple(key_pixels.shape)}")
     for n in range(b):
-        key = pixels[n, key_index]
+        key = pixels[n, key_index] if key_pixels is None else key_pixels[n].to(pixels)
         first = register_similarity(key, pixels[n, others])
         scale = smooth_scales(first.scale.cpu(), times, (first.score >= min_score).cpu())
         reg = register_shift(key, pixels[n, others], scale.to(pixels.device))
@@ -184,7 +189,7 @@ def refine_init(latents: Tensor, decode: Callable[[Tensor], Tensor], encode: Cal
             continue
         picked = [others[i] for i in torch.nonzero(good.cpu()).flatten().tolist()]
         warped = similarity_warp(key.expand(len(picked), -1, -1, -1), reg.scale[good], reg.shift[good])
-        encoded = encode(warped).to(init.dtype)
+        encoded = encode(warped).to(init)
         init[n, :, picked] = rearrange(encoded, "f c h w -> c f h w")
         warped_mask[n, picked] = True
     return init, warped_mask

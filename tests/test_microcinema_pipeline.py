@@ -279,3 +279,34 @@ def test_key_frame_refinement_is_a_second_pass_over_the_base_frames(pipeline, tm
         pipeline.refine_strength = 0.3
     with pytest.raises(MicroCinemaError, match=r"refine_strength must be in \[0, 1\]"):
         MicroCinemaPipeline(video_unet(0), tiny_vae(), pipeline.text_encoder, refine_strength=2.0)
+
+
+def test_refinement_warps_every_frame_it_is_told_to_and_slices_the_clips_in_order(pipeline, monkeypatch):
+    """The random tiny models' frames do not match their key frame (score < 0.5, nothing warped), so force every
+    warp (min_score -1) and check what reaches the sampler: base frames around key index 4, in-between frames
+    around index 16, and each interpolation clip restarting from frames 4k .. 4k + 4 of the joined video."""
+    import microcinema.pipelines.microcinema as mc
+    from einops import rearrange
+
+    seen, inits = [], []
+    real_refine_init, real_sample = mc.refine_init, mc.sample
+
+    def spy_refine_init(latents, decode, encode, key_index, min_score, **kw):
+        init, warped = real_refine_init(latents, decode, encode, key_index, -1.0, **kw)
+        seen.append(dict(key_index=key_index, init=init, warped=warped, **kw))
+        return init, warped
+
+    monkeypatch.setattr(mc, "refine_init", spy_refine_init)
+    monkeypatch.setattr(mc, "sample", lambda *a, **kw: inits.append(kw.get("init")) or real_sample(*a, **kw))
+    pipeline(["a red circle moving left", "a star"], num_inference_steps=4, progress=False, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+    base, between = seen
+    assert base["key_index"] == 4 and base["key_pixels"] is None  # pinned: the centre frame is the key frame
+    assert base["warped"].tolist() == [[i != 4 for i in range(9)]] * 2
+    assert between["key_index"] == 16 and between["frames"] == [i for i in range(33) if i % 4]
+    assert between["warped"][:, between["frames"]].all()
+    assert inits[0] is None and inits[1] is base["init"] and inits[2] is None  # first passes start from noise
+    clips = torch.stack([between["init"][:, :, s:s + 5] for s in range(0, 32, 4)], dim=1)
+    torch.testing.assert_close(inits[3], rearrange(clips, "b f c m h w -> (b f) c m h w"))
+    pipeline("a red circle", num_inference_steps=4, progress=False, interpolate=False, pin_key_frame=False)
+    assert seen[-1]["key_pixels"].shape == (1, 3, 16, 16)  # unpinned: the key frame itself is warped

@@ -106,7 +106,8 @@ class MicroCinemaPipeline:
         # keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model)
         self.interp_anchor_means = interp_anchor_means
         # motion-compensated key-frame refinement of base and in-between frames (keyframe_refine; 0: off)
-        check(0 <= refine_strength <= 1, f"refine_strength must be in [0, 1] (0: off), got {refine_strength!r}")
+        check(isinstance(refine_strength, (int, float)) and 0 <= refine_strength <= 1,
+              f"refine_strength must be in [0, 1] (0: off), got {refine_strength!r}")
         self.refine_strength = float(refine_strength)
 
     # ------------------------------------------------------------------ loading and saving
@@ -133,6 +134,7 @@ class MicroCinemaPipeline:
         if key_frame_model is None and (path / "t2i").is_dir():
             key_frame_model = str(path / "t2i")
         name = settings.pop("text_encoder", "minilm")
+        settings.setdefault("refine_strength", 0.0)  # folders saved before the refinement existed: kept off
         settings["num_frames_range"] = tuple(settings.get("num_frames_range", (3, 17)))
         return cls(load("video"), vae, load_text_encoder(name), interp_unet=interp, key_frame_model=key_frame_model,
                    text_encoder_name=name, **settings)
@@ -233,7 +235,10 @@ class MicroCinemaPipeline:
         transform explains it, score >= ``min_score``) and is re-denoised over the last ``strength`` of the
         ``steps``-step schedule (at least one step) with the same text, guidance and key frame."""
         strength = max(1, int(steps * strength + 1e-9)) / steps
-        init, _ = refine_init(latents, self.decode_latents, self.encode_images, latents.shape[2] // 2, min_score)
+        # unpinned, the centre frame is the model's redraw: warp the key frame itself then
+        key_pixels = None if pin_key_frame else self.decode_latents(z_key.unsqueeze(2))[:, 0]
+        init, _ = refine_init(latents, self.decode_latents, self.encode_images, latents.shape[2] // 2, min_score,
+                              key_pixels=key_pixels)
         eps_model, condition = self._base_eps_model(prompts, z_key, latents.shape[2], scale=scale, generator=generator,
                                                     lam=lam, pin_key_frame=pin_key_frame)
         noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
@@ -265,8 +270,8 @@ class MicroCinemaPipeline:
         if refine_strength > 0:
             full = _join_clips(latents, clips)
             between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
-            init, _ = refine_init(full, self.decode_latents, self.encode_images, full.shape[2] // 2, min_score,
-                                  frames=between)
+            init, _ = refine_init(full, self.decode_latents, self.encode_images, INTERPOLATION_FACTOR * (f // 2),
+                                  min_score, frames=between)
             starts = range(0, full.shape[2] - 1, INTERPOLATION_FACTOR)
             init = rearrange(torch.stack([init[:, :, s:s + n] for s in starts], dim=1), "b f c m h w -> (b f) c m h w")
             noise = torch.randn(clips.shape, generator=generator, device=generator.device).to(latents.device)
