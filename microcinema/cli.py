@@ -62,31 +62,27 @@ def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
-def _fraction(name: str) -> Callable[[str], float]:
-    """argparse type: a number from 0 to 1."""
+def _float_arg(name: str, allowed: str, is_allowed: Callable[[float], bool]) -> Callable[[str], float]:
+    """argparse type: a number for which ``is_allowed`` holds; errors say ``{name} must be {allowed}``."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text!r}") from None
-        if not 0 <= value <= 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text}")
+            raise argparse.ArgumentTypeError(f"{name} must be {allowed}, got {text!r}") from None
+        if not is_allowed(value):
+            raise argparse.ArgumentTypeError(f"{name} must be {allowed}, got {text}")
         return value
 
     return parse
+
+
+def _fraction(name: str) -> Callable[[str], float]:
+    """argparse type: a number from 0 to 1."""
+    return _float_arg(name, "a number from 0 to 1", lambda value: 0 <= value <= 1)
 
 
 def _positive_float(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text}")
-        return value
-
-    return parse
+    return _float_arg(name, "a positive number", lambda value: value > 0 and value != float("inf"))
 
 
 def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -57,6 +57,12 @@ INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between ea
 DEFAULT_REFINE_STRENGTH = 0.3
 
 
+def _at_least_one_step(steps: int, strength: float) -> float:
+    """``strength`` as a whole number of the ``steps`` steps, at least one (:func:`~microcinema.samplers.sample`
+    runs ``int(steps * strength)`` of them)."""
+    return max(1, int(steps * strength + 1e-9)) / steps
+
+
 def _join_clips(latents: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
     """Base latents (B, C, F, h, w) and the interpolation model's clips ((B (F - 1)), C, 5, h, w) between each
     adjacent pair -> (B, C, 4 (F - 1) + 1, h, w): the base frames, and the clips' three middle frames between."""
@@ -234,7 +240,6 @@ class MicroCinemaPipeline:
         latents (B, C, F, h, w): each frame restarts from the key frame warped onto it (where a similarity
         transform explains it, score >= ``min_score``) and is re-denoised over the last ``strength`` of the
         ``steps``-step schedule (at least one step) with the same text, guidance and key frame."""
-        strength = max(1, int(steps * strength + 1e-9)) / steps
         # unpinned, the centre frame is the model's redraw: warp the key frame itself then
         key_pixels = None if pin_key_frame else self.decode_latents(z_key.unsqueeze(2))[:, 0]
         init, _ = refine_init(latents, self.decode_latents, self.encode_images, latents.shape[2] // 2, min_score,
@@ -243,7 +248,8 @@ class MicroCinemaPipeline:
                                                     lam=lam, pin_key_frame=pin_key_frame)
         noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
         return sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
-                      init_mean=lam * condition, init=init, strength=strength, progress=progress)
+                      init_mean=lam * condition, init=init, strength=_at_least_one_step(steps, strength),
+                      progress=progress)
 
     @torch.no_grad()
     def interpolate(self, latents: torch.Tensor, *, steps: int, generator: torch.Generator, lam: float, gamma: float,
@@ -277,7 +283,7 @@ class MicroCinemaPipeline:
             noise = torch.randn(clips.shape, generator=generator, device=generator.device).to(latents.device)
             clips = sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
                            progress=progress, init_mean=lam * condition, init=init,
-                           strength=max(1, int(steps * refine_strength + 1e-9)) / steps)
+                           strength=_at_least_one_step(steps, refine_strength))
         return _join_clips(latents, clips)
 
     # ------------------------------------------------------------------ the call
