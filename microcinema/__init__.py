@@ -1,6 +1,6 @@
 """MicroCinema: text-to-video diffusion (MicroCinema, ART-V, recurrent few-shot) with an embedded tiny model family."""
 
-from .errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 
 __version__ = "0.1.0"
 

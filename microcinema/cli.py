@@ -1,7 +1,7 @@
 """The ``microcinema`` command line.
 
 Every subcommand validates its input up front and reports a problem as one line on stderr with exit
-status 2 (see :mod:`microcinema.errors`); no traceback for a user mistake.
+status 2 (see :mod:`microcinema.core.errors`); no traceback for a user mistake.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 
 DESCRIPTION = """\
 MicroCinema: text-to-video generation with diffusion models.
@@ -123,7 +123,7 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> None:
-    from .data.synthetic_dataset import write_synthetic_dataset
+    from microcinema.data.synthetic_dataset import write_synthetic_dataset
 
     kwargs = {} if args.crf is None else {"crf": args.crf}
     table = write_synthetic_dataset(args.out, num=args.num, num_frames=args.frames, fps=args.fps, size=args.size,
@@ -132,7 +132,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_data_grid(args: argparse.Namespace) -> None:
-    from .data.preview import write_table_grid
+    from microcinema.data.preview import write_table_grid
 
     path = write_table_grid(args.table, args.out, num=args.num, num_frames=args.frames, fps=args.fps)
     print(f"wrote {path}")
@@ -140,8 +140,8 @@ def _cmd_data_grid(args: argparse.Namespace) -> None:
 
 TRAIN_EXAMPLES = """\
 examples:
-  microcinema train vae --config vae --output-dir runs/vae --export microcinema/weights/vae
-  microcinema train t2i --config t2i --output-dir runs/t2i --export microcinema/weights/t2i
+  microcinema train vae --config vae --output-dir runs/vae --export microcinema/embedded/weights/vae
+  microcinema train t2i --config t2i --output-dir runs/t2i --export microcinema/embedded/weights/t2i
   microcinema train t2i --config my_t2i.yaml --output-dir runs/t2i-big --max-steps 20000
 
 A run resumes from the newest checkpoint in --output-dir (kill it any time). It writes loss.jsonl
@@ -152,7 +152,7 @@ For multi-GPU: accelerate launch -m microcinema.cli train ...
 
 
 def _add_train_command(subparsers: argparse._SubParsersAction) -> None:
-    from .tasks import TASKS
+    from microcinema.training.tasks import TASKS
 
     train = subparsers.add_parser(
         "train", help="train a model of the embedded family", epilog=TRAIN_EXAMPLES,
@@ -174,9 +174,9 @@ def _add_train_command(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     import json
 
-    from .tasks import run_task
-    from .tasks.common import load_config
-    from .trainer import plot_loss
+    from microcinema.training.tasks import run_task
+    from microcinema.training.common import load_config
+    from microcinema.training.trainer import plot_loss
 
     config = load_config(args.config)
     output_dir = args.output_dir or Path("runs") / args.task
@@ -216,9 +216,9 @@ def _add_image_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_image(args: argparse.Namespace) -> None:
-    from .errors import check
-    from .pipelines.key_frame import generate_key_frames
-    from .pipelines.text_to_image import to_output
+    from microcinema.core.errors import check
+    from microcinema.pipelines.key_frame import generate_key_frames
+    from microcinema.pipelines.text_to_image import to_output
 
     check(args.out.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"), f"--out must be a .png, .jpg or .webp file, got {args.out}")
     frames = generate_key_frames(args.prompt, model=args.model, size=args.size, num_inference_steps=args.steps,
@@ -260,14 +260,14 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
     parser.add_argument("--no-pin-key-frame", action="store_true",
                         help="let the model redraw the key frame too (the paper's sampling; default: the key frame is "
-                             "kept exactly as the centre frame, microcinema.replacement)")
+                             "kept exactly as the centre frame, microcinema.core.replacement)")
     parser.add_argument("--no-anchor-palette", action="store_true",
                         help="let the interpolation model choose the in-between frames' colours (default: each one's "
                              "mean is kept at the mean of its two neighbours, replacement.mean_anchor_eps_model)")
     parser.add_argument("--refine-strength", type=_fraction("--refine-strength"), default=None,
                         help="key-frame refinement of the base and in-between frames: the fraction of the steps "
                              "re-run from the key frame warped onto each frame's object (0 turns it off; default: the "
-                             "model's, 0.3 for the embedded one; microcinema.keyframe_refine)")
+                             "model's, 0.3 for the embedded one; microcinema.systems.microcinema.keyframe_refine)")
     parser.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of the frames")
 
 
@@ -296,10 +296,10 @@ def _add_generate_commands(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from .errors import check
-    from .pipelines.microcinema import MicroCinemaPipeline
-    from .pipelines.text_to_image import check_prompts, to_output
-    from .video_io import save_grid, write_video
+    from microcinema.core.errors import check
+    from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
+    from microcinema.pipelines.text_to_image import check_prompts, to_output
+    from microcinema.core.video_io import save_grid, write_video
 
     check(args.out.suffix.lower() in (".mp4", ".gif"), f"--out must end in .mp4 or .gif, got {args.out}")
     check_prompts(args.prompt)
@@ -367,7 +367,7 @@ def _add_eval_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from .eval.benchmarks import EvalOptions, run_benchmark
+    from microcinema.eval.benchmarks import EvalOptions, run_benchmark
 
     opts = EvalOptions(
         benchmark=args.benchmark, num_samples=args.num_samples, out=args.out, model=args.model, steps=args.steps,
@@ -382,7 +382,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="microcinema", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from microcinema import __version__
 
     parser.add_argument("--version", action="version", version=f"microcinema {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

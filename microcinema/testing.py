@@ -170,7 +170,7 @@ def save_random_clip_model(path: str | Path, *, text: dict, vision: dict, projec
     loads. ``text`` / ``vision``: the towers' config keys; vocabulary and special tokens come from the tokenizer."""
     from transformers import CLIPConfig, CLIPModel
 
-    from .eval.metrics.clip_score import _image_processor_class
+    from microcinema.eval.metrics.clip_score import _image_processor_class
 
     path = Path(path)
     tok = tiny_clip_tokenizer()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from microcinema.pipelines.microcinema import MicroCinemaPipeline
+from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
 
 
 def peak_rss_mib() -> float | None:

@@ -24,10 +24,10 @@ from diffusers import UNet2DConditionModel
 from einops import rearrange
 
 from microcinema.data.synthetic import render_frame, sample_clip
-from microcinema.diffusion import add_noise, make_training_scheduler
-from microcinema.tasks.common import embedded_path
-from microcinema.tasks.t2i import load_vae
-from microcinema.text_encoders import load_text_encoder
+from microcinema.core.diffusion import add_noise, make_training_scheduler
+from microcinema.embedded import embedded_path
+from microcinema.training.tasks.t2i import load_vae
+from microcinema.core.text_encoders import load_text_encoder
 
 
 @torch.no_grad()

@@ -30,13 +30,13 @@ import torch
 from einops import rearrange
 
 from microcinema.data.synthetic import render_clip, sample_clip
-from microcinema.diffusion import make_training_scheduler
-from microcinema.noise_priors import appearance_noise, hide_motion_at_high_noise
-from microcinema.tasks.common import embedded_path
-from microcinema.tasks.t2i import load_vae
-from microcinema.tasks.video import key_frame_condition
-from microcinema.text_encoders import load_text_encoder
-from microcinema.unet3d import VideoUNet
+from microcinema.core.diffusion import make_training_scheduler
+from microcinema.systems.microcinema.noise_prior import appearance_noise, hide_motion_at_high_noise
+from microcinema.embedded import embedded_path
+from microcinema.training.tasks.t2i import load_vae
+from microcinema.systems.microcinema.task import key_frame_condition
+from microcinema.core.text_encoders import load_text_encoder
+from microcinema.models.unet3d import VideoUNet
 
 REVERSED = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
 OTHER_AXIS = {"left": "up", "right": "down", "up": "left", "down": "right", "grow": "left", "shrink": "right"}

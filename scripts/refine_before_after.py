@@ -20,7 +20,7 @@ from PIL import Image
 from microcinema.data.synthetic import render_clip
 from microcinema.eval.stage_one import domain_prompts
 from microcinema.eval.stage_two import truth_key_frames
-from microcinema.pipelines.microcinema import INTERPOLATION_FACTOR, MicroCinemaPipeline
+from microcinema.systems.microcinema.pipeline import INTERPOLATION_FACTOR, MicroCinemaPipeline
 
 #: Tuning-set indices (``domain_prompts(40, seed=555)``) whose videos lost the object before the refinement
 #: (phase-6 model, palette anchored, seeds as in stage_two_frame_errors.py).

@@ -19,7 +19,7 @@ With the in-between frames' palette anchored (replacement.mean_anchor_eps_model,
 ``--interp-gamma`` 0 / 0.1: colour in every frame 75 % / 70 % (33 / 22 interpolated-frame misses).
 The shipped phase-6 base model (appearance attention), anchored: object misses 11 base / 39 interpolated, object
 in every frame 82.5 %, colour 95 % (docs/results/stage_two_frame_errors/phase6_tune40.json). That was before the
-key-frame refinement (microcinema.keyframe_refine, the pipeline's default since 2026-12-02 at strength 0.3;
+key-frame refinement (microcinema.systems.microcinema.keyframe_refine, the pipeline's default since 2026-12-02 at strength 0.3;
 ``--refine-strength 0`` turns it off). Refining the base frames only (the first version, same day): at 0.3 object
 misses 1 base / 6 interpolated, object in every frame 95 %, colour 100 % (phase6_refine_base_only0.3_tune40.json);
 at 0.4: 2 / 8, 95 %, 100 % (phase6_refine_base_only0.4_tune40.json). Refining the in-between frames too (shipped):
@@ -39,7 +39,7 @@ from PIL import Image
 from microcinema.eval.judge import default_object_classifier, judge_video
 from microcinema.eval.stage_one import domain_prompts
 from microcinema.eval.stage_two import truth_key_frames
-from microcinema.pipelines.microcinema import INTERPOLATION_FACTOR, MicroCinemaPipeline
+from microcinema.systems.microcinema.pipeline import INTERPOLATION_FACTOR, MicroCinemaPipeline
 
 
 def main() -> None:

@@ -66,6 +66,6 @@ def tiny_sd15_path(tmp_path_factory) -> Path:
 def minilm_encoder():
     """The real pretrained all-MiniLM-L6-v2 encoder, loaded once (shared: its cache persists across
     tests, so call ``clear_cache()`` before counting computations)."""
-    from microcinema.text_encoders import MiniLMTextEncoder
+    from microcinema.core.text_encoders import MiniLMTextEncoder
 
     return MiniLMTextEncoder()

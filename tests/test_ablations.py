@@ -10,7 +10,7 @@ import yaml
 from microcinema.eval import ablations
 from microcinema.eval.ablations import INJECTIONS, Budget, held_column, tables
 from microcinema.eval.domain_classifier import DomainVideoClassifier
-from microcinema.tasks.common import load_config
+from microcinema.training.common import load_config
 from microcinema.testing import tiny_unet2d, tiny_vae
 
 

@@ -12,11 +12,11 @@ import yaml
 
 from microcinema.cli import main
 from microcinema.data.synthetic import make_clip
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 from microcinema.eval import domain_classifier as dc
 from microcinema.eval.domain_classifier import (DomainVideoClassifier, domain_features, domain_fvd,
                                                 load_domain_classifier)
-from microcinema.tasks.common import load_config
+from microcinema.training.common import load_config
 
 TINY = {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4}
 

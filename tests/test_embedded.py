@@ -9,8 +9,8 @@ import torch
 
 from microcinema.eval.judge import default_object_classifier, judge_frames
 from microcinema.pipelines.text_to_image import TextToImagePipeline
-from microcinema.tasks.common import embedded_path
-from microcinema.tasks.vae import heldout_psnr
+from microcinema.embedded import embedded_path
+from microcinema.training.tasks.vae import heldout_psnr
 
 
 def test_shipped_vae_reconstructs_held_out_frames_above_30_db():
@@ -47,7 +47,7 @@ def test_shipped_video_model_moves_a_key_frame_the_way_the_text_says_keeping_its
     from PIL import Image
 
     from microcinema.eval.judge import judge_video
-    from microcinema.pipelines.microcinema import MicroCinemaPipeline
+    from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
 
     pipe = MicroCinemaPipeline.embedded()
     key = Image.fromarray(_still_key_frame("red", "circle"))
@@ -61,7 +61,7 @@ def test_shipped_video_model_moves_a_key_frame_the_way_the_text_says_keeping_its
 
 def test_generate_cli_writes_33_frames_at_8_fps(tmp_path):
     from microcinema.cli import main
-    from microcinema.video_io import probe_video
+    from microcinema.core.video_io import probe_video
 
     assert main(["generate", "a blue square moving right", "--out", str(tmp_path / "v.mp4"), "--steps", "4"]) == 0
     info = probe_video(tmp_path / "v.mp4")

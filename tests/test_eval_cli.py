@@ -11,10 +11,10 @@ import torch
 from microcinema.cli import main
 from microcinema.eval.benchmarks import (UCF101_CLASSES, load_classifier_or_note, read_captions, ucf101_prompts)
 from microcinema.eval.domain_classifier import DomainVideoClassifier
-from microcinema.pipelines.microcinema import MicroCinemaPipeline
+from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
 from microcinema.pipelines.text_to_image import TextToImagePipeline
 from microcinema.testing import tiny_unet2d, tiny_vae
-from microcinema.unet3d import VideoUNet
+from microcinema.models.unet3d import VideoUNet
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_prompts_and_caption_layouts(tmp_path):
     assert read_captions(tmp_path / "c.jsonl") == ["one", "two"]
     assert read_captions(tmp_path / "c.txt") == ["first", "second"]
     assert read_captions(tmp_path / "l.json") == ["x", "y"]
-    from microcinema.errors import MicroCinemaError
+    from microcinema.core.errors import MicroCinemaError
 
     (tmp_path / "c.xml").write_text("<a/>")
     with pytest.raises(MicroCinemaError, match="allowed: .json, .jsonl, .csv, .txt"):
@@ -143,7 +143,7 @@ def test_ucf101_run_path_with_random_feature_networks(pipeline_dir, tmp_path, mo
     Inception networks at small resolutions standing in for the real weights (the paths only need to exist)."""
     from microcinema.data.synthetic import make_clip
     from microcinema.eval import metrics
-    from microcinema.video_io import write_video
+    from microcinema.core.video_io import write_video
 
     real_i3d, real_inception = metrics.I3DFeatureExtractor, metrics.InceptionFeatureExtractor
     monkeypatch.setattr(metrics, "I3DFeatureExtractor",

@@ -1,19 +1,19 @@
-"""Tests for classifier-free and compositional guidance (microcinema.guidance)."""
+"""Tests for classifier-free and compositional guidance (microcinema.core.guidance)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from microcinema.errors import MicroCinemaError
-from microcinema.guidance import (
+from microcinema.core.errors import MicroCinemaError
+from microcinema.core.guidance import (
     cfg_eps_model,
     classifier_free_guidance,
     compositional_eps_model,
     compositional_guidance,
     concat_cond,
 )
-from microcinema.samplers import sample
+from microcinema.core.samplers import sample
 
 
 def _eps(seed: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 
 from microcinema.data.synthetic import (BACKGROUNDS, COLOURS, MOTIONS, OBJECTS, ClipSpec, render_clip, render_frame,
                                         render_mask, sample_clip)
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 from microcinema.eval.judge import (ObjectClassifier, accuracy_table, default_object_classifier, degrade_frame,
                                     estimate_motion, judge_colour, judge_frame, judge_frames, judge_video,
                                     motion_thresholds, score_against, segment)

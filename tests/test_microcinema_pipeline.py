@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from microcinema.errors import MicroCinemaError
-from microcinema.pipelines.microcinema import MicroCinemaPipeline
+from microcinema.core.errors import MicroCinemaError
+from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
 from microcinema.testing import tiny_unet2d, tiny_vae
-from microcinema.unet3d import VideoUNet
+from microcinema.models.unet3d import VideoUNet
 
 
 class FixedKeyFrames:
@@ -106,7 +106,7 @@ def test_bad_images_and_prompts(pipeline, tmp_path):
 def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encoder, tmp_path, capsys, monkeypatch):
     from microcinema.cli import main
     from microcinema.pipelines.text_to_image import TextToImagePipeline
-    from microcinema.video_io import probe_video
+    from microcinema.core.video_io import probe_video
 
     folder = pipeline.save_pretrained(tmp_path / "mc")
     TextToImagePipeline(tiny_unet2d(cross_attention_dim=384, sample_size=8), tiny_vae(), minilm_encoder).save_pretrained(folder / "t2i")
@@ -227,7 +227,7 @@ def test_pin_key_frame_keeps_the_key_frame_as_the_centre_frame(pipeline):
 
 
 def test_interp_anchor_means_keeps_in_between_frames_at_their_conditions_palette(pipeline, tmp_path):
-    from microcinema.tasks.video import interpolation_condition
+    from microcinema.systems.microcinema.task import interpolation_condition
 
     run = lambda **kw: pipeline("a red circle moving left", num_inference_steps=4, progress=False,  # noqa: E731
                                 generator=torch.Generator().manual_seed(0), output_type="latent", **kw).frames
@@ -285,7 +285,7 @@ def test_refinement_warps_every_frame_it_is_told_to_and_slices_the_clips_in_orde
     """The random tiny models' frames do not match their key frame (score < 0.5, nothing warped), so force every
     warp (min_score -1) and check what reaches the sampler: base frames around key index 4, in-between frames
     around index 16, and each interpolation clip restarting from frames 4k .. 4k + 4 of the joined video."""
-    import microcinema.pipelines.microcinema as mc
+    import microcinema.systems.microcinema.pipeline as mc
     from einops import rearrange
 
     seen, inits = [], []

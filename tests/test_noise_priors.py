@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from microcinema.diffusion import diffusion_loss
-from microcinema.errors import MicroCinemaError
-from microcinema.noise_priors import appearance_init_mean, appearance_noise
-from microcinema.samplers import sample
+from microcinema.core.diffusion import diffusion_loss
+from microcinema.core.errors import MicroCinemaError
+from microcinema.systems.microcinema.noise_prior import appearance_init_mean, appearance_noise
+from microcinema.core.samplers import sample
 
 
 def test_training_noise_is_lambda_key_latent_plus_gaussian_for_every_frame():
@@ -45,7 +45,7 @@ def test_zero_lambda_and_gamma_is_exactly_plain_diffusion():
 def test_prior_shifts_the_start_of_sampling():
     """The initial latent is N((lambda + gamma) z_c, I) in VP scale: with eps = 0 an Euler sampler keeps
     the VE start x_T = z_T / sqrt(abar_T), so the output is the prior's mean over sqrt(abar_T)."""
-    from microcinema.diffusion import make_training_scheduler
+    from microcinema.core.diffusion import make_training_scheduler
 
     key = torch.ones(1, 4, 8, 8)
     zero_eps = lambda z, t: torch.zeros_like(z)  # noqa: E731
@@ -65,8 +65,8 @@ def test_bad_arguments():
 
 
 def test_hide_motion_at_high_noise_swaps_the_clip_for_the_key_frame_above_start_and_keeps_the_implied_x0():
-    from microcinema.diffusion import add_noise, alphas_cumprod_of, make_training_scheduler
-    from microcinema.noise_priors import hide_motion_at_high_noise
+    from microcinema.core.diffusion import add_noise, alphas_cumprod_of, make_training_scheduler
+    from microcinema.systems.microcinema.noise_prior import hide_motion_at_high_noise
 
     scheduler = make_training_scheduler()
     g = torch.Generator().manual_seed(0)
@@ -94,8 +94,8 @@ def test_hide_motion_at_high_noise_swaps_the_clip_for_the_key_frame_above_start_
 
 
 def test_hide_layout_at_high_noise_keeps_only_the_colours_above_start_and_the_implied_x0():
-    from microcinema.diffusion import add_noise, alphas_cumprod_of, make_training_scheduler
-    from microcinema.noise_priors import hide_layout_at_high_noise
+    from microcinema.core.diffusion import add_noise, alphas_cumprod_of, make_training_scheduler
+    from microcinema.systems.microcinema.noise_prior import hide_layout_at_high_noise
 
     scheduler = make_training_scheduler()
     g = torch.Generator().manual_seed(1)

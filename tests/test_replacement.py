@@ -1,13 +1,13 @@
-"""The replacement method (microcinema.replacement): known frames are pinned, the others see them."""
+"""The replacement method (microcinema.core.replacement): known frames are pinned, the others see them."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from microcinema.errors import MicroCinemaError
-from microcinema.replacement import centre_frame_mask, replacement_eps_model
-from microcinema.samplers import sample
+from microcinema.core.errors import MicroCinemaError
+from microcinema.core.replacement import centre_frame_mask, replacement_eps_model
+from microcinema.core.samplers import sample
 
 
 def mixing_eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -51,8 +51,8 @@ def test_bad_shapes_are_refused() -> None:
 
 
 def test_mean_anchor_gives_every_x0_estimate_the_target_palette_and_keeps_the_layout() -> None:
-    from microcinema.diffusion import VPDenoiser
-    from microcinema.replacement import mean_anchor_eps_model
+    from microcinema.core.diffusion import VPDenoiser
+    from microcinema.core.replacement import mean_anchor_eps_model
 
     g = torch.Generator().manual_seed(0)
     target = torch.randn(2, 4, 3, 1, 1, generator=g)

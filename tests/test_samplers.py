@@ -15,7 +15,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
-from microcinema.diffusion import (
+from microcinema.core.diffusion import (
     VPDenoiser,
     add_noise,
     alphas_cumprod_of,
@@ -26,8 +26,8 @@ from microcinema.diffusion import (
     ve_to_vp,
     vp_to_ve,
 )
-from microcinema.errors import MicroCinemaError
-from microcinema.samplers import SAMPLERS, SCHEDULES, get_sigmas, sample
+from microcinema.core.errors import MicroCinemaError
+from microcinema.core.samplers import SAMPLERS, SCHEDULES, get_sigmas, sample
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 AC = alphas_cumprod_of(None)
@@ -138,7 +138,7 @@ def test_euler_matches_diffusers(sampler: str, karras: bool) -> None:
     sch.set_timesteps(25)
     assert torch.allclose(get_sigmas(AC, 25, SAMPLERS[sampler].schedule).float(), sch.sigmas, rtol=1e-5, atol=1e-6)
     # diffusers scales the start by init_noise_sigma = sigma_max; we use the exact VP->VE factor
-    # sqrt(1 + sigma_max^2) (see microcinema.samplers), so hand diffusers our starting point.
+    # sqrt(1 + sigma_max^2) (see microcinema.core.samplers), so hand diffusers our starting point.
     x = x_T * math.sqrt(1 + float(sch.sigmas[0]) ** 2)
     for t in sch.timesteps:
         x = sch.step(eps(sch.scale_model_input(x, t), t), t, x).prev_sample
@@ -381,8 +381,8 @@ def test_training_helpers_5d() -> None:
 
 
 def test_min_snr_weights_cap_the_clean_steps_and_keep_the_noisy_ones() -> None:
-    from microcinema.diffusion import alphas_cumprod_of, min_snr_weights
-    from microcinema.errors import MicroCinemaError
+    from microcinema.core.diffusion import alphas_cumprod_of, min_snr_weights
+    from microcinema.core.errors import MicroCinemaError
 
     t = torch.arange(1000)
     weights = min_snr_weights(t, 5.0)

@@ -16,7 +16,7 @@ from microcinema.data.synthetic import (
     sample_clip,
     train_combos,
 )
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 
 
 def test_same_seed_same_clip_and_different_seed_differs():

@@ -18,7 +18,7 @@ from microcinema.data.synthetic_dataset import (
     write_synthetic_dataset,
 )
 from microcinema.data.video_dataset import VideoCaptionDataset
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

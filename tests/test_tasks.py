@@ -10,9 +10,9 @@ import yaml
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from microcinema.cli import main
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 from microcinema.pipelines.text_to_image import TextToImagePipeline
-from microcinema.tasks.common import load_config
+from microcinema.training.common import load_config
 
 TINY_TRAIN = {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3, "checkpoint_every": 2, "log_every": 1,
               "ema_decay": 0.9, "progress_bar": False}
@@ -93,7 +93,7 @@ def test_bad_configs_are_clear_errors(tmp_path, capsys):
 @pytest.mark.parametrize("task", ["video", "interp"])
 def test_stage_two_tasks_train_from_a_t2i_unet(trained_vae, tmp_path, task):
     from microcinema.testing import tiny_unet2d
-    from microcinema.unet3d import VideoUNet
+    from microcinema.models.unet3d import VideoUNet
 
     tiny_unet2d(cross_attention_dim=384, sample_size=16).save_pretrained(tmp_path / "t2i")
     config = write_config(tmp_path / f"{task}.yaml", task, vae=str(trained_vae / "export"),
@@ -113,7 +113,7 @@ def test_stage_two_tasks_train_from_a_t2i_unet(trained_vae, tmp_path, task):
 def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_path):
     """Phase 2 (configs/video_phase2.yaml): ``init_from`` a VideoUNet folder keeps its weights and settings."""
     from microcinema.testing import tiny_unet2d
-    from microcinema.unet3d import VideoUNet
+    from microcinema.models.unet3d import VideoUNet
 
     phase1 = VideoUNet.from_pretrained_2d(tiny_unet2d(cross_attention_dim=384, sample_size=16),
                                           temporal_attention_head_dim=4, injection="add_dec")
@@ -139,8 +139,8 @@ def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_pat
 
 def test_t2i_loss_weights_the_steps_by_min_snr_or_as_x0_loss_when_configured():
     from microcinema.data.latent_cache import LatentCache
-    from microcinema.diffusion import min_snr_weights, random_timesteps
-    from microcinema.tasks.t2i import make_loss
+    from microcinema.core.diffusion import min_snr_weights, random_timesteps
+    from microcinema.training.tasks.t2i import make_loss
 
     g = torch.Generator().manual_seed(0)
     b, shape = 64, (4, 6, 6)
@@ -160,14 +160,14 @@ def test_t2i_loss_weights_the_steps_by_min_snr_or_as_x0_loss_when_configured():
     torch.testing.assert_close(plain, per_sample.mean(), rtol=1e-6, atol=0)
     torch.testing.assert_close(weighted, (min_snr_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
     assert float(weighted) < float(plain)  # the clean steps (about a tenth of them) count less
-    from microcinema.diffusion import x0_loss_weights
+    from microcinema.core.diffusion import x0_loss_weights
 
     x0 = make_loss(cache, 1.0, 0.0, max_x0_weight=5.0)(model, batch, torch.Generator().manual_seed(3))
     torch.testing.assert_close(x0, (x0_loss_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
     assert float(x0) > 2 * float(plain)  # most timesteps have SNR < 1/5 and count 5x
 
-    from microcinema.diffusion import add_noise
-    from microcinema.noise_priors import hide_layout_at_high_noise
+    from microcinema.core.diffusion import add_noise
+    from microcinema.systems.microcinema.noise_prior import hide_layout_at_high_noise
 
     seen = {}
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 from microcinema.testing import (
     TINY_CLIP_TOKENIZER_DIR,
     tiny_clip_text_model,
@@ -18,7 +18,7 @@ from microcinema.testing import (
     tiny_sd_pipeline,
     tiny_unet2d,
 )
-from microcinema.text_encoders import (
+from microcinema.core.text_encoders import (
     EXPECTED_SOURCE,
     CLIPTextEncoder,
     MiniLMTextEncoder,

@@ -1,4 +1,4 @@
-"""Tests of microcinema.trainer: exact resume after SIGKILL, checkpoints, EMA, clipping, param groups, logs."""
+"""Tests of microcinema.training.trainer: exact resume after SIGKILL, checkpoints, EMA, clipping, param groups, logs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 
-from microcinema.errors import MicroCinemaError
-from microcinema.trainer import (
+from microcinema.core.errors import MicroCinemaError
+from microcinema.training.trainer import (
     EMA,
     TrainConfig,
     Trainer,

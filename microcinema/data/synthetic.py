@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import MicroCinemaError, check
+from microcinema.core.errors import MicroCinemaError, check
 
 # ----------------------------------------------------------------------------------------------
 # Vocabulary

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..errors import MicroCinemaError, check
-from .synthetic import DIGIT_WEIGHT, HELD_OUT_COMBOS, SPLITS, ClipSpec, make_clip, render_frame, sample_clip
+from microcinema.core.errors import MicroCinemaError, check
+from microcinema.data.synthetic import DIGIT_WEIGHT, HELD_OUT_COMBOS, SPLITS, ClipSpec, make_clip, render_frame, sample_clip
 
 #: H.264 settings of the on-disk data set: 4:4:4 chroma (small coloured objects survive) and a low crf.
 DATASET_CRF = 10
@@ -115,7 +115,7 @@ def write_synthetic_dataset(out: str | Path, *, num: int, num_frames: int = 33, 
     ``sizes`` in pixels, ``digit_instance`` for digits). It is the JSONL layout that
     :class:`~microcinema.data.video_dataset.VideoCaptionDataset` reads. Returns its path.
     """
-    from ..video_io import save_grid, write_video
+    from microcinema.core.video_io import save_grid, write_video
 
     check(num >= 1, f"--num must be >= 1, got {num}")
     check(0 <= crf <= 51, f"crf must be between 0 (lossless) and 51, got {crf}")

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import Dataset
 
-from ..errors import MicroCinemaError
-from ..video_io import probe_video, read_video
+from microcinema.core.errors import MicroCinemaError
+from microcinema.core.video_io import probe_video, read_video
 
 __all__ = ["VideoCaptionDataset", "resize_center_crop", "load_caption_table", "LAYOUTS"]
 

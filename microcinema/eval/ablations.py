@@ -6,7 +6,7 @@
   ``add_encdec_spade``; the lambda = 0.03 model is Table 2's ``add_encdec_spade`` model (trained once).
 * **Fig. 11** (appendix A.1): 5 vs 25 sampling steps, with (lambda 0.03, gamma 0.02) and without (0, 0) the prior.
 
-Every variant is a :func:`~microcinema.tasks.video.train_video` run with the same short budget, from the
+Every variant is a :func:`~microcinema.systems.microcinema.task.train_video` run with the same short budget, from the
 same initialisation (the config's ``init_from``) and the same seeds, on one shared latent cache. Every
 evaluation uses the same prompts (:func:`~microcinema.eval.stage_one.domain_prompts`), sampling seed and
 step count, with ground-truth key frames (stage two measured alone) and no interpolation. Rows: motion
@@ -33,15 +33,15 @@ from typing import Any, Sequence
 
 import torch
 
-from ..pipelines.microcinema import MicroCinemaPipeline
-from ..tasks.common import load_config
-from ..tasks.t2i import load_vae
-from ..tasks.video import build_cache, train_video
-from ..text_encoders import load_text_encoder
-from ..unet3d import VideoUNet
-from .benchmarks import Timer, load_classifier_or_note, real_clips, shapes_metrics
-from .stage_one import domain_prompts
-from .stage_two import generate_videos, judge_videos
+from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
+from microcinema.training.common import load_config
+from microcinema.training.tasks.t2i import load_vae
+from microcinema.systems.microcinema.task import build_cache, train_video
+from microcinema.core.text_encoders import load_text_encoder
+from microcinema.models.unet3d import VideoUNet
+from microcinema.eval.benchmarks import Timer, load_classifier_or_note, real_clips, shapes_metrics
+from microcinema.eval.stage_one import domain_prompts
+from microcinema.eval.stage_two import generate_videos, judge_videos
 
 INJECTIONS = ("concat", "add_dec", "add_encdec", "add_encdec_spade")
 LAMBDA, GAMMA = 0.03, 0.02  # the paper's choice (Table 7, Fig. 5)
@@ -327,7 +327,7 @@ def write_markdown(out: Path, results: dict[str, Any], config: dict[str, Any]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..errors import MicroCinemaError
+    from microcinema.core.errors import MicroCinemaError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)

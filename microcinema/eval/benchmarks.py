@@ -38,13 +38,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..data.synthetic import render_clip, sample_clip
-from ..errors import MicroCinemaError, check
-from ..pipelines.microcinema import INTERPOLATION_FACTOR, MicroCinemaPipeline
-from ..video_io import save_grid
-from .domain_classifier import DomainVideoClassifier, domain_fvd, load_domain_classifier
-from .stage_one import domain_prompts
-from .stage_two import GeneratedVideos, generate_videos, iter_videos, judge_videos
+from microcinema.data.synthetic import render_clip, sample_clip
+from microcinema.core.errors import MicroCinemaError, check
+from microcinema.systems.microcinema.pipeline import INTERPOLATION_FACTOR, MicroCinemaPipeline
+from microcinema.core.video_io import save_grid
+from microcinema.eval.domain_classifier import DomainVideoClassifier, domain_fvd, load_domain_classifier
+from microcinema.eval.stage_one import domain_prompts
+from microcinema.eval.stage_two import GeneratedVideos, generate_videos, iter_videos, judge_videos
 
 BENCHMARKS = ("shapes", "ucf101", "msrvtt")
 #: Table 3's "simple" prompt: "a video of" joined with the class name (Tables 1 and 2 use it on UCF-101).
@@ -242,7 +242,7 @@ def shapes_metrics(real: np.ndarray, generated: GeneratedVideos, timer: Timer, *
                    domain_model: DomainVideoClassifier | None, domain_note: str | None) -> dict[str, Any]:
     """Temporal consistency and distribution metrics of domain videos that need no user weights:
     warping error on the generated videos and the domain FVD against ``real`` (shared with :mod:`.ablations`)."""
-    from .metrics import warping_error
+    from microcinema.eval.metrics import warping_error
 
     notes = []
     with timer("warping_error"):
@@ -259,7 +259,7 @@ def shapes_metrics(real: np.ndarray, generated: GeneratedVideos, timer: Timer, *
 def _weighted_metrics(opts: EvalOptions, specs: list, real: np.ndarray, generated: GeneratedVideos,
                       timer: Timer) -> dict[str, Any]:
     """FVD, FID/IS and CLIPSIM/CLIP-Temp on the domain, when their weights are given."""
-    from .metrics import (ClipScorer, I3DFeatureExtractor, InceptionFeatureExtractor, clip_temp, clipsim, fid, fvd,
+    from microcinema.eval.metrics import (ClipScorer, I3DFeatureExtractor, InceptionFeatureExtractor, clip_temp, clipsim, fid, fvd,
                           inception_score)
 
     out: dict[str, Any] = {"notes": []}
@@ -353,7 +353,7 @@ def real_clip_batches(data: Path, num: int, *, num_frames: int, fps: float, size
                       batch_size: int) -> Iterator[torch.Tensor]:
     """Batches (B, T, 3, H, W) in [-1, 1] of up to ``num`` real clips, evenly spread over ``data`` (a folder of
     videos, listed into ``out/real_videos.jsonl``, or a caption table), centred windows, short videos padded."""
-    from ..data.video_dataset import VideoCaptionDataset
+    from microcinema.data.video_dataset import VideoCaptionDataset
 
     table, root = Path(data), None
     if table.is_dir():
@@ -370,9 +370,9 @@ def real_clip_batches(data: Path, num: int, *, num_frames: int, fps: float, size
 
 def run_open_domain(opts: EvalOptions, pipe: MicroCinemaPipeline) -> dict[str, Any]:
     """UCF-101 (FVD, IS) or MSR-VTT (CLIPSIM; FID, FVD with ``--data``), features measured batch by batch."""
-    from .metrics import ClipScorer, I3DFeatureExtractor, InceptionFeatureExtractor, clip_temp, clipsim
-    from .metrics.fid import inception_score_from_logits
-    from .metrics.frechet import frechet_distance_from_features
+    from microcinema.eval.metrics import ClipScorer, I3DFeatureExtractor, InceptionFeatureExtractor, clip_temp, clipsim
+    from microcinema.eval.metrics.fid import inception_score_from_logits
+    from microcinema.eval.metrics.frechet import frechet_distance_from_features
 
     if opts.benchmark == "ucf101":
         prompts = ucf101_prompts(opts.num_samples)

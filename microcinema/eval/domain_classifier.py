@@ -14,7 +14,7 @@ SyntheticVideoDataset` yields, batched), any ``T >= 2`` (global pooling over tim
 are meant for the ``sample_size`` it was trained at, 64; :func:`domain_features` resizes to it).
 
 Train and ship it with ``microcinema train classifier --config classifier --export
-microcinema/weights/classifier``; then::
+microcinema/embedded/weights/classifier``; then::
 
     model = load_domain_classifier()
     fvd = domain_fvd(real_videos, generated_videos, model)   # uint8 (N, T, H, W, 3) arrays
@@ -35,15 +35,16 @@ from diffusers.utils import BaseOutput
 from einops import rearrange, reduce
 from torch import nn
 
-from ..data.synthetic import COLOURS, MOTIONS, OBJECTS
-from ..errors import MicroCinemaError, check
+from microcinema.data.synthetic import COLOURS, MOTIONS, OBJECTS
+from microcinema.embedded import WEIGHTS_DIR
+from microcinema.core.errors import MicroCinemaError, check
 
 #: Class names of the three heads, in logit order.
 HEAD_CLASSES: dict[str, tuple[str, ...]] = {"colour": tuple(COLOURS), "object": tuple(OBJECTS),
                                             "motion": tuple(MOTIONS)}
 #: Default location of the shipped (trained) classifier.
-SHIPPED_PATH = Path(__file__).resolve().parents[1] / "weights" / "classifier"
-TRAIN_COMMAND = "microcinema train classifier --config classifier --export microcinema/weights/classifier"
+SHIPPED_PATH = WEIGHTS_DIR / "classifier"
+TRAIN_COMMAND = "microcinema train classifier --config classifier --export microcinema/embedded/weights/classifier"
 
 Videos = Union[np.ndarray, torch.Tensor, Sequence[np.ndarray]]
 
@@ -133,7 +134,7 @@ def domain_accuracy(model: DomainVideoClassifier, num: int = 512, *, seed: int =
     """Accuracy of each head on ``num`` procedural clips of ``split`` drawn with ``seed``."""
     from torch.utils.data import DataLoader
 
-    from ..data.synthetic_dataset import SyntheticVideoDataset
+    from microcinema.data.synthetic_dataset import SyntheticVideoDataset
 
     data = SyntheticVideoDataset(num, seed=seed, split=split, num_frames=num_frames, fps=fps, size=size)
     was_training = model.training
@@ -197,7 +198,7 @@ def domain_fvd(real_videos: Videos, fake_videos: Videos, model: DomainVideoClass
 
     Like FVD it is biased by the sample size: compare numbers computed on equally many clips (the standard
     FVD protocol uses 2048), at the frame rate the classifier was trained at (2 fps)."""
-    from .metrics.frechet import frechet_distance_from_features
+    from microcinema.eval.metrics.frechet import frechet_distance_from_features
 
     real = domain_features(real_videos, model, batch_size)
     fake = domain_features(fake_videos, model, batch_size)
@@ -206,7 +207,7 @@ def domain_fvd(real_videos: Videos, fake_videos: Videos, model: DomainVideoClass
 
 
 def load_domain_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> DomainVideoClassifier:
-    """The domain classifier at ``path`` (default: the shipped one in ``microcinema/weights/classifier``),
+    """The domain classifier at ``path`` (default: the shipped one in ``microcinema/embedded/weights/classifier``),
     in fp32, in eval mode."""
     folder = Path(path) if path is not None else SHIPPED_PATH
     if not (folder / "config.json").is_file():

@@ -17,10 +17,10 @@ Pipeline of one frame (:func:`judge_frame`):
 3. :class:`ObjectClassifier`: a small MLP over a colour-free coverage map of the object's square crop,
    trained on frames rendered by the generator itself and degraded the way a small diffusion model
    degrades them (blur, noise, colour shift, JPEG loss, slight warps). Its weights ship as
-   ``microcinema/weights/judge/object_classifier.npz`` (141 KiB: float16 weights, plain arrays, loaded
+   ``microcinema/embedded/weights/judge/object_classifier.npz`` (141 KiB: float16 weights, plain arrays, loaded
    without pickle); they were produced by::
 
-       OMP_NUM_THREADS=1 python -m microcinema.eval.judge --train --out microcinema/weights/judge/object_classifier.npz
+       OMP_NUM_THREADS=1 python -m microcinema.eval.judge --train --out microcinema/embedded/weights/judge/object_classifier.npz
 
    (defaults: ``--num-samples 16000 --seed 0``; about 30 s of one CPU core: ~23 s rendering, ~7 s fitting;
    bit-for-bit deterministic). ``scripts/judge_accuracy.py`` measures the judge (numbers in its docstring).
@@ -48,9 +48,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..data import synthetic
-from ..data.synthetic import BACKGROUNDS, COLOURS, MOTIONS, OBJECTS, ClipSpec, render_mask
-from ..errors import MicroCinemaError, check
+from microcinema.data import synthetic
+from microcinema.data.synthetic import BACKGROUNDS, COLOURS, MOTIONS, OBJECTS, ClipSpec, render_mask
+from microcinema.embedded import WEIGHTS_DIR
+from microcinema.core.errors import MicroCinemaError, check
 
 # ----------------------------------------------------------------------------------------------
 # Constants (all justified where they are used)
@@ -87,7 +88,7 @@ OBJECT_NAMES: tuple[str, ...] = tuple(OBJECTS)
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[c][0] for c in COLOUR_NAMES], dtype=np.float64)
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "judge" / "object_classifier.npz"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "judge" / "object_classifier.npz"
 DEFAULT_NUM_SAMPLES = 16000
 _FORMAT_VERSION = 1
 

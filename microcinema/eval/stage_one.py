@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.synthetic import sample_clip
-from ..pipelines.key_frame import generate_key_frames, load_key_frame_model
-from ..pipelines.text_to_image import to_output
-from ..video_io import save_grid
-from .judge import accuracy_table, default_object_classifier, judge_frames
+from microcinema.data.synthetic import sample_clip
+from microcinema.pipelines.key_frame import generate_key_frames, load_key_frame_model
+from microcinema.pipelines.text_to_image import to_output
+from microcinema.core.video_io import save_grid
+from microcinema.eval.judge import accuracy_table, default_object_classifier, judge_frames
 
 
 def domain_prompts(num: int, heldout_fraction: float = 0.25, seed: int = 999) -> list:

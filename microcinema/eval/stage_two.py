@@ -30,11 +30,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.synthetic import render_frame
-from ..pipelines.microcinema import INTERPOLATION_FACTOR, MicroCinemaPipeline
-from ..video_io import save_grid, write_video
-from .judge import accuracy_table, default_object_classifier, judge_video
-from .stage_one import domain_prompts
+from microcinema.data.synthetic import render_frame
+from microcinema.systems.microcinema.pipeline import INTERPOLATION_FACTOR, MicroCinemaPipeline
+from microcinema.core.video_io import save_grid, write_video
+from microcinema.eval.judge import accuracy_table, default_object_classifier, judge_video
+from microcinema.eval.stage_one import domain_prompts
 
 MODES = ("animate", "generate")
 #: PSNR of a frame identical to the key frame is infinite; averages over frames cap it here (dB).

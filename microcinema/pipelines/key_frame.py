@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import MicroCinemaError, check
-from .text_to_image import PIPELINE_FILE, TextToImagePipeline, check_prompts, check_steps, is_text_to_image_folder
+from microcinema.core.errors import MicroCinemaError, check
+from microcinema.pipelines.text_to_image import PIPELINE_FILE, TextToImagePipeline, check_prompts, check_steps, is_text_to_image_folder
 
 
 class KeyFrameModel(Protocol):

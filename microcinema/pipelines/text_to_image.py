@@ -1,7 +1,7 @@
 """The project's own text-to-image latent diffusion pipeline (MicroCinema stage one, section 3.1).
 
 A ``UNet2DConditionModel`` on a VAE's latents, conditioned on a frozen text encoder, sampled by the
-shared loop (:func:`microcinema.samplers.sample`) with classifier-free guidance. The embedded tiny model
+shared loop (:func:`microcinema.core.samplers.sample`) with classifier-free guidance. The embedded tiny model
 ships in the package (``TextToImagePipeline.embedded()``); any folder written by ``save_pretrained`` loads.
 
 Folder layout: ``unet/`` and ``vae/`` (diffusers folders) and ``pipeline.json``
@@ -23,11 +23,11 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
-from ..errors import MicroCinemaError, check
-from ..guidance import cfg_eps_model
-from ..samplers import SAMPLERS, sample
-from ..tasks.common import embedded_path
-from ..text_encoders import TextEncoder, load_text_encoder
+from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.guidance import cfg_eps_model
+from microcinema.core.samplers import SAMPLERS, sample
+from microcinema.embedded import embedded_path
+from microcinema.core.text_encoders import TextEncoder, load_text_encoder
 
 PIPELINE_FILE = "pipeline.json"
 
@@ -69,7 +69,7 @@ def to_output(pixels: torch.Tensor, output_type: str) -> Any:
 
 
 def unet_text_cond(embedding: Any, dtype: torch.dtype | None = None) -> dict:
-    """A :class:`~microcinema.text_encoders.TextEmbedding` as the U-Net's text keyword arguments."""
+    """A :class:`~microcinema.core.text_encoders.TextEmbedding` as the U-Net's text keyword arguments."""
     return {"encoder_hidden_states": embedding.hidden_states.to(dtype or embedding.hidden_states.dtype),
             "encoder_attention_mask": embedding.attention_mask}
 
@@ -82,7 +82,7 @@ def prompt_and_empty_conds(text_encoder: TextEncoder, prompts: list[str], dtype:
 
 
 def cond_eps_model(unet: Any):
-    """A diffusers-style U-Net (2D or :class:`~microcinema.unet3d.VideoUNet`) as the guidance module's
+    """A diffusers-style U-Net (2D or :class:`~microcinema.models.unet3d.VideoUNet`) as the guidance module's
     ``eps_model_with_cond(z, t, cond)``, ``cond`` being the U-Net's keyword arguments."""
     def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         # the U-Net's dtype and device for every float input (text states, AppearNet condition); masks keep theirs

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 # The functions are bound after their modules, so ``metrics.fvd`` / ``metrics.fid`` are the functions.
 # transformers (CLIP) and OpenCV (warping) are imported only when used.
-from .clip_score import ClipScorer, clip_temp, clipsim
-from .fid import fid, inception_score, inception_score_from_logits
-from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features
-from .fvd import fvd
-from .i3d import I3DFeatureExtractor, InceptionI3d
-from .inception import FIDInceptionV3, InceptionFeatureExtractor
-from .warping import optical_flow, visible_mask, warping_error
+from microcinema.eval.metrics.clip_score import ClipScorer, clip_temp, clipsim
+from microcinema.eval.metrics.fid import fid, inception_score, inception_score_from_logits
+from microcinema.eval.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
+from microcinema.eval.metrics.fvd import fvd
+from microcinema.eval.metrics.i3d import I3DFeatureExtractor, InceptionI3d
+from microcinema.eval.metrics.inception import FIDInceptionV3, InceptionFeatureExtractor
+from microcinema.eval.metrics.warping import optical_flow, visible_mask, warping_error
 
 __all__ = [
     "ClipScorer",

@@ -1,6 +1,6 @@
 """Plumbing shared by the feature extractors: weights from a local file, user inputs to float tensors.
 
-Pixel conventions (the project's, see :func:`microcinema.video_io.to_uint8_frames`): ``uint8`` arrays are
+Pixel conventions (the project's, see :func:`microcinema.core.video_io.to_uint8_frames`): ``uint8`` arrays are
 channels-last (``(..., H, W, 3)``, numpy or torch); floating tensors are channels-first
 (``(..., 3, H, W)``) with values in ``[-1, 1]``. Everything handed to a network is float ``[-1, 1]``.
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ...errors import MicroCinemaError, check
+from microcinema.core.errors import MicroCinemaError, check
 
 PathLike = Union[str, os.PathLike]
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[np.ndarray], Sequence[torch.Tensor]]

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import MicroCinemaError, check
-from ...video_io import to_uint8_frames
-from ._common import Clips, PathLike, chunks, clip_list, default_device, progress
+from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.video_io import to_uint8_frames
+from microcinema.eval.metrics._common import Clips, PathLike, chunks, clip_list, default_device, progress
 
 CLIP_FOLDER = ("a local transformers CLIPModel folder (config.json, model weights, tokenizer files, "
                "preprocessor_config.json), e.g. a download of openai/clip-vit-base-patch32")
@@ -49,7 +49,7 @@ class ClipScorer:
     def __init__(self, path: PathLike, *, device: str | torch.device | None = None, batch_size: int = 64) -> None:
         from transformers import AutoTokenizer, CLIPModel
 
-        from ...text_encoders import _no_progress_bars
+        from microcinema.core.text_encoders import _no_progress_bars
 
         folder = Path(path).expanduser()
         check(folder.is_dir() and (folder / "config.json").is_file(),

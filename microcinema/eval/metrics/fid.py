@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_softmax, logsumexp
 
-from ...errors import check
-from ._common import ArrayLike
-from .frechet import frechet_distance_from_features
-from .inception import InceptionFeatureExtractor
+from microcinema.core.errors import check
+from microcinema.eval.metrics._common import ArrayLike
+from microcinema.eval.metrics.frechet import frechet_distance_from_features
+from microcinema.eval.metrics.inception import InceptionFeatureExtractor
 
 
 def fid(real_images: ArrayLike, fake_images: ArrayLike, extractor: InceptionFeatureExtractor) -> float:

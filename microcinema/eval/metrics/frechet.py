@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from scipy import linalg
 
-from ...errors import check
+from microcinema.core.errors import check
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +39,7 @@ def frechet_distance(
 ) -> float:
     """Squared Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``.
 
-    Raises :class:`~microcinema.errors.MicroCinemaError` on mismatched shapes and when the matrix square
+    Raises :class:`~microcinema.core.errors.MicroCinemaError` on mismatched shapes and when the matrix square
     root keeps an imaginary component larger than ``1e-3`` on its diagonal (a numerically broken input).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))

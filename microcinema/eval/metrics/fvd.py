@@ -11,9 +11,9 @@ samples per side. FVD is biased by the sample count, so only compare numbers com
 
 from __future__ import annotations
 
-from .frechet import frechet_distance_from_features
-from .i3d import I3DFeatureExtractor
-from ._common import ArrayLike
+from microcinema.eval.metrics.frechet import frechet_distance_from_features
+from microcinema.eval.metrics.i3d import I3DFeatureExtractor
+from microcinema.eval.metrics._common import ArrayLike
 
 
 def fvd(real_videos: ArrayLike, fake_videos: ArrayLike, extractor: I3DFeatureExtractor) -> float:

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ...errors import check
-from ._common import (ArrayLike, PathLike, check_pixels, chunks, default_device, load_into, load_state_dict,
+from microcinema.core.errors import check
+from microcinema.eval.metrics._common import (ArrayLike, PathLike, check_pixels, chunks, default_device, load_into, load_state_dict,
                       progress, random_init, resize_short_side_center_crop, resolve_weights, to_float)
 
 #: Fewest frames a clip may have: the I3D stem, three temporal poolings and the final ``2``-frame average

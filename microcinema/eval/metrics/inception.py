@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ...errors import check
-from ._common import (ArrayLike, PathLike, check_pixels, chunks, default_device, load_into, load_state_dict,
+from microcinema.core.errors import check
+from microcinema.eval.metrics._common import (ArrayLike, PathLike, check_pixels, chunks, default_device, load_into, load_state_dict,
                       progress, random_init, resolve_weights, to_float)
 
 INCEPTION_WEIGHTS = "pytorch-fid's Inception state dict, pt_inception-2015-12-05-6726825d.pth (.pth/.safetensors)"

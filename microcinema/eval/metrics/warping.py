@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import MicroCinemaError, check
-from ...video_io import to_uint8_frames
-from ._common import Clips, clip_list, progress
+from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.video_io import to_uint8_frames
+from microcinema.eval.metrics._common import Clips, clip_list, progress
 
 FLOW_METHODS = ("dis", "farneback")
 

@@ -1,0 +1,308 @@
+"""The diffusion process every MicroCinema model shares: SD's schedule, one denoiser interface.
+
+Two coordinate systems describe the same noisy latent (DESIGN.md section 3, "Diffusion setup"):
+
+* **VP** (variance preserving, DDPM, what the networks see and are trained on)::
+
+      z_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * eps
+
+* **VE** (variance exploding, Karras et al. 2022 / k-diffusion, what the samplers integrate)::
+
+      x = x0 + sigma * eps,      sigma_t = sqrt((1 - abar_t) / abar_t)
+
+  so ``x = z_t / sqrt(abar_t) = z_t * sqrt(1 + sigma_t**2)`` and ``z_t = x / sqrt(1 + sigma**2)``.
+
+A network is an :data:`EpsModel` (VP input, timestep, predicts the noise). :class:`VPDenoiser` turns it
+into a VE *denoiser* ``D(x, sigma) ~ E[x0 | x]``, the single interface all samplers in
+:mod:`microcinema.core.samplers` use (the construction of k-diffusion's ``DiscreteEpsDDPMDenoiser``,
+Crowson 2022, and of Karras et al. 2022, Table 1 "VP" column).
+
+Latents are arbitrary-rank tensors with the batch first: images ``(B, C, H, W)`` and videos
+``(B, C, F, H, W)`` go through the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import torch
+from diffusers import DDPMScheduler
+from torch import Tensor
+
+from microcinema.core.errors import MicroCinemaError
+
+__all__ = [
+    "SD_SCHEDULE",
+    "EpsModel",
+    "Denoiser",
+    "make_training_scheduler",
+    "alphas_cumprod_of",
+    "sigmas_from_alphas_cumprod",
+    "append_dims",
+    "vp_to_ve",
+    "ve_to_vp",
+    "VPDenoiser",
+    "add_noise",
+    "high_noise_timesteps",
+    "x0_loss_weights",
+    "diffusion_loss",
+    "per_sample_mse",
+    "random_timesteps",
+]
+
+#: Stable Diffusion's training schedule (SD 1.x / 2.x ``scheduler_config.json``). SD's "linear" schedule is
+#: diffusers' ``scaled_linear``: betas linear in sqrt between 0.00085 and 0.012.
+SD_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+}
+
+#: A noise-prediction network: ``eps_model(z_t, t) -> eps_hat`` with ``z_t`` in VP scale (any shape, batch
+#: first) and ``t`` a float tensor of shape ``(B,)`` with values in ``[0, num_train_timesteps - 1]``
+#: (fractional values occur between the training steps). Conditioning is bound in a closure
+#: (see :mod:`microcinema.core.guidance`).
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+
+#: A VE denoiser: ``denoiser(x, sigma) -> x0_hat`` with ``x = x0 + sigma * eps``; ``sigma`` is a Python
+#: float or a tensor of shape ``(B,)``.
+Denoiser = Callable[[Tensor, Union[float, Tensor]], Tensor]
+
+
+def make_training_scheduler(**overrides: Any) -> DDPMScheduler:
+    """The DDPM scheduler with SD's settings (:data:`SD_SCHEDULE`), used for training and as the schedule
+    every sampler derives its noise levels from. ``overrides`` replace single settings."""
+    config = {**SD_SCHEDULE, **overrides}
+    return DDPMScheduler(**config)
+
+
+def alphas_cumprod_of(scheduler_or_alphas: Any = None) -> Tensor:
+    """``abar_t`` for ``t = 0 .. T-1`` as a float64 CPU tensor, from a diffusers scheduler (anything with
+    ``alphas_cumprod``), a tensor/array of ``abar``, or ``None`` for SD's schedule."""
+    if scheduler_or_alphas is None:
+        scheduler_or_alphas = make_training_scheduler()
+    ac = getattr(scheduler_or_alphas, "alphas_cumprod", scheduler_or_alphas)
+    ac = torch.as_tensor(ac).detach().to("cpu", torch.float64).flatten()
+    if ac.numel() < 2 or not bool(((ac > 0) & (ac < 1)).all()):
+        raise MicroCinemaError("alphas_cumprod must hold at least 2 values, all strictly between 0 and 1")
+    return ac
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
+    """VE noise levels ``sigma_t = sqrt((1 - abar_t) / abar_t)`` (Karras et al. 2022, Table 1, VP column)."""
+    ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    return ((1 - ac) / ac).sqrt()
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dimensions to ``v`` until it has ``ndim`` dimensions (broadcast a
+    per-sample ``(B,)`` value over a latent of any rank)."""
+    missing = ndim - v.ndim
+    if missing < 0:
+        raise ValueError(f"tensor has {v.ndim} dims, more than the target {ndim}")
+    return v.reshape(*v.shape, *([1] * missing))
+
+
+def vp_to_ve(z: Tensor, sigma: float | Tensor) -> Tensor:
+    """VP point ``z_t`` to VE point ``x = z_t * sqrt(1 + sigma^2)`` (= ``z_t / sqrt(abar_t)``)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    s = append_dims(s.expand(z.shape[0]) if s.ndim == 0 else s, z.ndim)
+    return z * (1 + s**2).sqrt().to(device=z.device, dtype=z.dtype)
+
+
+def ve_to_vp(x: Tensor, sigma: float | Tensor) -> Tensor:
+    """VE point ``x`` to VP point ``z_t = x / sqrt(1 + sigma^2)`` (= ``sqrt(abar_t) * x``)."""
+    s = torch.as_tensor(sigma, dtype=torch.float64)
+    s = append_dims(s.expand(x.shape[0]) if s.ndim == 0 else s, x.ndim)
+    return x / (1 + s**2).sqrt().to(device=x.device, dtype=x.dtype)
+
+
+class VPDenoiser:
+    """Wrap an :data:`EpsModel` trained on a discrete VP schedule as a VE denoiser.
+
+    ``D(x, sigma) = x - sigma * eps_model(x / sqrt(1 + sigma^2), t(sigma))`` where ``t(sigma)`` inverts the
+    discrete schedule by linear interpolation in ``log sigma`` between neighbouring training steps (as
+    k-diffusion's ``DiscreteSchedule.sigma_to_t`` and diffusers' ``_sigma_to_t``); a sigma equal to a
+    training step's sigma maps to that integer step exactly.
+    """
+
+    def __init__(self, eps_model: EpsModel, alphas_cumprod: Any = None) -> None:
+        self.eps_model = eps_model
+        self.alphas_cumprod = alphas_cumprod_of(alphas_cumprod)
+        self.sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)  # increasing in t
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> float:
+        """The smallest noise level of the schedule, ``sigma_0``."""
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest noise level of the schedule, ``sigma_{T-1}``."""
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: float | Tensor) -> Tensor:
+        """Continuous timestep(s) for noise level(s) ``sigma`` (float64, CPU, same shape as ``sigma``),
+        clamped to ``[0, T-1]``."""
+        s = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu()
+        log_s = s.clamp_min(1e-30).log()
+        n = self.log_sigmas.numel()
+        low = (torch.searchsorted(self.log_sigmas, log_s.flatten(), right=True) - 1).clamp(0, n - 2)
+        lo, hi = self.log_sigmas[low], self.log_sigmas[low + 1]
+        w = ((log_s.flatten() - lo) / (hi - lo)).clamp(0, 1)
+        return (low.to(torch.float64) + w).reshape(s.shape)
+
+    def t_to_sigma(self, t: float | Tensor) -> Tensor:
+        """Noise level(s) for continuous timestep(s) ``t`` by linear interpolation in ``log sigma``."""
+        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, self.sigmas.numel() - 1)
+        low = t.floor().long().clamp(max=self.sigmas.numel() - 2)
+        w = t - low
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[low + 1]).exp()
+
+    def _per_sample(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        s = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu()
+        if s.ndim == 0:
+            s = s.expand(x.shape[0])
+        if s.shape != (x.shape[0],):
+            raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(s.shape)}")
+        return s
+
+    def eps(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """The network's noise prediction at VE point ``x`` and level ``sigma``."""
+        s = self._per_sample(x, sigma)
+        t = self.sigma_to_t(s).to(device=x.device, dtype=torch.float32)
+        c_in = append_dims((1.0 / (1.0 + s**2).sqrt()).to(device=x.device, dtype=x.dtype), x.ndim)
+        return self.eps_model(x * c_in, t)
+
+    def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
+        """``x0_hat = x - sigma * eps_hat`` (Karras et al. 2022, eq. 7 with the VP preconditioning)."""
+        s = self._per_sample(x, sigma)
+        eps = self.eps(x, s)
+        return x - append_dims(s.to(device=x.device, dtype=x.dtype), x.ndim) * eps
+
+
+def _timestep_coefficients(
+    timesteps: Tensor, alphas_cumprod: Tensor, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    ac = alphas_cumprod.to(device=like.device, dtype=torch.float64)[timesteps.to(like.device).long()]
+    a = append_dims(ac.sqrt().to(like.dtype), like.ndim)
+    b = append_dims((1 - ac).sqrt().to(like.dtype), like.ndim)
+    return a, b
+
+
+def add_noise(x0: Tensor, noise: Tensor, timesteps: Tensor, scheduler: Any = None) -> Tensor:
+    """The forward process ``z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` (DDPM, Ho et al. 2020 eq. 4).
+
+    ``noise`` is passed in so that structured noise priors can supply it (MicroCinema's Appearance Noise
+    Prior ``lambda * z_c + n``, PYoCo-style mixed/progressive video noise). ``timesteps`` are integer steps of
+    shape ``(B,)``; ``scheduler`` defaults to SD's (:func:`make_training_scheduler`).
+    """
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+    a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), x0)
+    return a * x0 + b * noise
+
+
+def diffusion_loss(
+    eps_model: EpsModel,
+    x0: Tensor,
+    noise: Tensor,
+    timesteps: Tensor,
+    scheduler: Any = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Epsilon-prediction loss ``|| eps_model(z_t, t) - noise ||^2`` (Ho et al. 2020, eq. 14).
+
+    The regression target is the very ``noise`` used to corrupt ``x0``, so a noise prior changes target and
+    input together (MicroCinema appendix B, eq. 27). ``reduction`` is ``"mean"`` (scalar) or ``"none"``
+    (per-sample mean over all non-batch dimensions, shape ``(B,)``, for weighting).
+    """
+    if reduction not in ("mean", "none"):
+        raise MicroCinemaError(f"unknown reduction {reduction!r}; allowed: 'mean', 'none'")
+    z_t = add_noise(x0, noise, timesteps, scheduler)
+    pred = eps_model(z_t, timesteps.to(device=x0.device, dtype=torch.float32))
+    per_sample = per_sample_mse(pred, noise)
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of each sample, in float32: ``(B,)`` over all non-batch dimensions."""
+    err = (pred.float() - target.float()) ** 2
+    return err.reshape(err.shape[0], -1).mean(dim=1)
+
+
+def random_timesteps(
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    num_train_timesteps: int = 1000,
+    low: int = 0,
+    high: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Uniform integer timesteps in ``[low, high)`` (default all training steps), shape ``(batch_size,)``,
+    drawn from ``generator`` (on the generator's device, then moved to ``device``). Without a generator this
+    uses torch's global RNG, the training convention (seeded by ``accelerate.utils.set_seed``)."""
+    high = num_train_timesteps if high is None else high
+    if not 0 <= low < high <= num_train_timesteps:
+        raise MicroCinemaError(f"timestep range [{low}, {high}) must lie within [0, {num_train_timesteps})")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    t = torch.randint(low, high, (batch_size,), generator=generator, device=gen_device)
+    return t.to(device) if device is not None else t
+
+
+def high_noise_timesteps(batch_size: int, fraction: float, low: int, *, generator: torch.Generator | None = None,
+                         num_train_timesteps: int = 1000) -> Tensor:
+    """Training timesteps with extra high-noise ones: each is drawn from ``[low, T)`` with probability
+    ``fraction``, else uniformly from ``[0, T)`` (``fraction = 0``: :func:`random_timesteps`).
+
+    Why: the global layout of a sample (for a video: which way the object moves) is decided at the highest
+    noise levels, which uniform sampling visits rarely (the same reason video models shift their noise
+    distribution up, e.g. Stable Video Diffusion's EDM ``P_mean``).
+    """
+    if not 0 <= fraction <= 1:
+        raise MicroCinemaError(f"high-noise fraction must be in [0, 1], got {fraction}")
+    uniform = random_timesteps(batch_size, generator=generator, num_train_timesteps=num_train_timesteps)
+    if fraction == 0:
+        return uniform
+    high = random_timesteps(batch_size, generator=generator, num_train_timesteps=num_train_timesteps, low=low)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    pick = torch.rand(batch_size, generator=generator, device=gen_device) < fraction
+    return torch.where(pick, high, uniform)
+
+
+def snr(timesteps: Tensor, scheduler: Any = None) -> Tensor:
+    """Signal-to-noise ratio ``abar_t / (1 - abar_t)`` of integer ``timesteps`` (float64, on their device)."""
+    abar = alphas_cumprod_of(scheduler).to(timesteps.device)[timesteps.long()]
+    return abar / (1 - abar)
+
+
+def x0_loss_weights(timesteps: Tensor, max_weight: float, scheduler: Any = None) -> Tensor:
+    """Per-sample weights ``clamp(1 / SNR(t), 1, max_weight)`` for the epsilon loss, ``SNR = abar / (1 - abar)``.
+
+    ``(1 / SNR) * ||eps - eps_hat||^2`` is the error of the implied clean sample ``x0_hat``, so with this
+    weight the loss counts high noise levels as an x0-loss would, up to ``max_weight``, and is the plain
+    epsilon loss where ``SNR >= 1`` (the mirror image of Min-SNR weighting, Hang et al. 2023, which caps
+    the x0 weight at low noise). ``max_weight = 1``: no weighting.
+    """
+    if max_weight < 1:
+        raise MicroCinemaError(f"max_weight must be >= 1, got {max_weight}")
+    return (1 / snr(timesteps, scheduler)).clamp(1.0, max_weight).float()
+
+
+def min_snr_weights(timesteps: Tensor, gamma: float, scheduler: Any = None) -> Tensor:
+    """Min-SNR-gamma weights for the epsilon loss (Hang et al. 2023, "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy", eq. 7 with the epsilon target): ``min(SNR(t), gamma) / SNR(t)``.
+
+    The x0 error of a step is weighted by ``min(SNR, gamma)``: the nearly clean steps (``SNR > gamma``),
+    whose detail-level errors dominate the plain loss's gradient and conflict with the rest, are weighted down;
+    every step with ``SNR <= gamma`` keeps weight 1 (the plain epsilon loss). The paper's default is ``gamma = 5``.
+    """
+    if not gamma > 0:
+        raise MicroCinemaError(f"min-SNR gamma must be > 0, got {gamma}")
+    ratio = snr(timesteps, scheduler)
+    return (ratio.clamp(max=gamma) / ratio).float()
