@@ -16,7 +16,8 @@ from einops import rearrange
 
 from microcinema.core.errors import MicroCinemaError
 from microcinema.testing import tiny_unet2d
-from microcinema.models.unet3d import INJECTION_MODES, SpadeModulation, VideoUNet, group_norm_3d
+from microcinema.models.appearnet import INJECTION_MODES, SpadeModulation, group_norm_3d
+from microcinema.models.unet3d import VideoUNet
 
 TOL = 1e-5
 B, C, FRAMES, H, W, L, D = 2, 4, 3, 8, 8, 5, 32
@@ -465,37 +466,20 @@ def test_encoder_injection_gets_appearnet_feature_of_the_same_resnet(deep_unet):
         assert torch.equal(seen[k], skips[index]), k
 
 
-# ------------------------------------------------------------------------------------- temporal_text (extension)
+# ------------------------------------------------------------------------------------- pooled prompt
 
 
 @torch.no_grad()
-def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(models, ref2d, tmp_path):
-    from microcinema.systems.microcinema.task import build_model, grow_model
-
-    trained = copy.deepcopy(models["add_encdec_spade"])
-    perturb(trained.temporal_attentions, seed=3)  # a "trained" model: its temporal attention mixes frames
-    x = inputs()
-    grown = grow_model(trained, temporal_text=True).eval()
-    assert grown.config.temporal_text and all(a.text_proj is not None for a in grown.temporal_attentions.values())
-    assert (grown(**x).sample - trained(**x).sample).abs().max().item() <= TOL  # zero-initialised: same model
-    fresh = VideoUNet.from_pretrained_2d(ref2d, temporal_text=True).eval()
-    assert (fresh(**x, encoder_attention_mask=MASK).sample - per_frame_2d(ref2d, x, MASK)).abs().max().item() <= TOL
-
-    perturb(torch.nn.ModuleList([a.text_proj for a in grown.temporal_attentions.values()]), seed=4)
-    other_text = {**x, "encoder_hidden_states": x["encoder_hidden_states"].flip(0)}
-    delta_grown = (grown(**other_text).sample - grown(**x).sample).abs().max().item()
-    delta_trained = (trained(**other_text).sample - trained(**x).sample).abs().max().item()
-    assert abs(delta_grown - delta_trained) > 1e-3  # the prompt now also enters through the temporal attention
-    # padding tokens do not count in the pooled prompt
-    padded = {**x, "encoder_hidden_states": x["encoder_hidden_states"].clone()}
-    padded["encoder_hidden_states"][0, 3:] += 5.0
+def test_pooled_prompt_ignores_padding_tokens(tmp_path, models):
     from microcinema.models.unet3d import pool_text
-    torch.testing.assert_close(pool_text(padded["encoder_hidden_states"], MASK)[0],
-                               pool_text(x["encoder_hidden_states"], MASK)[0])
+    from microcinema.systems.microcinema.task import build_model
 
-    trained.save_pretrained(tmp_path / "trained")  # continued training adds the layers: build_model
-    model = build_model({"init_from": str(tmp_path / "trained"), "model": {"temporal_text": True}})
-    assert model.config.temporal_text and (model(**x).sample - trained(**x).sample).abs().max().item() <= TOL
+    x = inputs()
+    padded = x["encoder_hidden_states"].clone()
+    padded[0, 3:] += 5.0
+    torch.testing.assert_close(pool_text(padded, MASK)[0], pool_text(x["encoder_hidden_states"], MASK)[0])
+    assert not torch.allclose(pool_text(padded, None)[0], pool_text(x["encoder_hidden_states"], None)[0])
+    models["add_encdec_spade"].save_pretrained(tmp_path / "trained")  # other settings than a trained model's
     with pytest.raises(MicroCinemaError, match="other settings"):
         build_model({"init_from": str(tmp_path / "trained"), "model": {"injection": "concat"}})
 
@@ -506,7 +490,7 @@ def test_temporal_text_starts_as_the_model_without_it_and_then_reads_the_prompt(
 @torch.no_grad()
 def test_frame_text_modulation_starts_as_identity_then_couples_prompt_and_frame_offset(models, ref2d, tmp_path):
     from microcinema.systems.microcinema.task import build_model, grow_model
-    from microcinema.models.unet3d import frame_position_encoding
+    from microcinema.models.layers import frame_position_encoding
 
     trained = copy.deepcopy(models["add_encdec_spade"])
     x = inputs()
@@ -550,7 +534,7 @@ def test_frame_text_modulation_starts_as_identity_then_couples_prompt_and_frame_
 
 
 def test_shift_features_translates_each_channel_by_its_velocity_in_pixels():
-    from microcinema.models.unet3d import shift_features
+    from microcinema.models.extensions import shift_features
 
     x = torch.zeros(1, 2, 8, 8)
     x[0, :, 3, 3] = 1.0

@@ -2,7 +2,7 @@
 
 Both produce the same clips for the same seed. On disk a clip is an H.264 mp4 (``yuv444p``, no chroma
 subsampling, ``crf`` :data:`DATASET_CRF`), so the files differ from the in-memory frames only by that
-codec's loss (measured by ``tests/test_synthetic_dataset.py``; see the README for the numbers).
+codec's loss (bounded by ``tests/test_synthetic_dataset.py``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ caller, which is exactly the repeated key frame at 1/N of the cost.
 
 AppearNet works frame by frame (it has no temporal layers): the main branch's temporal layers mix frames.
 
+The injections of Table 2 live here too: :data:`INJECTION_MODES`, :class:`AppearanceInjection` (a zero
+1x1 conv, plus :class:`SpadeModulation`, the de-normalisation of eq. 1-2 with 3D GroupNorm statistics).
+
 This module also holds the small conditioning helpers that :class:`VideoUNet` shares with it (timestep
 embedding, text-mask bias), so both branches embed time and text the same way ``UNet2DConditionModel`` does.
 """
@@ -25,10 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from microcinema.core.errors import check
+from microcinema.models.layers import gcd_groups, zero_module
+
+#: The appearance injections of the paper's Table 2, in its order (:class:`~microcinema.models.unet3d.VideoUNet`'s
+#: ``injection``): ``concat`` needs no AppearNet; the others inject its features with :class:`AppearanceInjection`.
+INJECTION_MODES: tuple[str, ...] = ("concat", "add_dec", "add_encdec", "add_encdec_spade")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -247,3 +255,78 @@ class AppearNet(nn.Module):
 
 
 __all__ = ["AppearNet", "AppearNetOutput", "embed_time", "mask_to_bias", "per_frame", "timestep_batch"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# appearance injection (section 3.2)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def group_norm_3d_stats(x: torch.Tensor, num_groups: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of 3D GroupNorm (eq. 1) of ``x`` ``(B, C, F, H, W)``.
+
+    Statistics are per sample and per channel group over ``C/G x F x H x W`` (frames included, not per
+    frame); both are returned broadcastable to ``x``, ``(B, C, 1, 1, 1)``.
+    """
+    grouped = rearrange(x, "b (g c) f h w -> b g (c f h w)", g=num_groups).float()  # fp32 statistics
+    mean = grouped.mean(dim=-1)
+    std = (grouped.var(dim=-1, unbiased=False) + eps).sqrt()
+    per_channel = x.shape[1] // num_groups
+    return tuple(repeat(s, "b g -> b (g c) 1 1 1", c=per_channel).to(x.dtype) for s in (mean, std))
+
+
+def group_norm_3d(x: torch.Tensor, num_groups: int, eps: float = 1e-6) -> torch.Tensor:
+    """3D GroupNorm without affine parameters (eq. 1): ``(x - mu) / sigma`` over groups x F x H x W."""
+    mean, std = group_norm_3d_stats(x, num_groups, eps)
+    return (x - mean) / std
+
+
+class SpadeModulation(nn.Module):
+    """SPADE de-normalisation of a main-branch activation by an AppearNet feature (section 3.2, eq. 1-2).
+
+    ``gamma`` and ``beta`` are 3x3 convolutions of the AppearNet feature ``f_a``, zero-initialised. Eq. 2,
+    ``o = (gamma + 1) * h_bar + beta`` with ``h_bar`` the 3D GroupNorm of ``h`` (eq. 1), is applied in the
+    normalised space and mapped back with the same statistics, ``mu + sigma * o``, which is
+
+        ``h + sigma * (gamma * h_bar + beta)  =  h + gamma * (h - mu) + sigma * beta``.
+
+    Why this form: eq. 2 alone outputs ``h_bar`` at ``gamma = beta = 0``, i.e. it would replace SD's
+    activation by its normalised version and the freshly inflated model would not be SD. Undoing the
+    normalisation with the activation's own ``mu, sigma`` makes the injection exactly the identity at zero
+    init (it is computed as a residual, so ``h + 0`` is bit-exact), keeps the modulation relative to the
+    activation's scale (eq. 2's ``gamma``, ``beta`` act on unit-variance values, whatever the magnitude of
+    SD's activations at that level), and the statistics are still 3D GroupNorm's over frames x H x W.
+    """
+
+    def __init__(
+        self, channels: int, feature_channels: int, num_groups: int = 32, kernel_size: int = 3, eps: float = 1e-6
+    ):
+        super().__init__()
+        self.num_groups = gcd_groups(channels, num_groups)
+        self.eps = eps
+        pad = kernel_size // 2
+        self.to_gamma = zero_module(nn.Conv2d(feature_channels, channels, kernel_size, padding=pad))
+        self.to_beta = zero_module(nn.Conv2d(feature_channels, channels, kernel_size, padding=pad))
+
+    def forward(self, h: torch.Tensor, feature: torch.Tensor, num_frames: int) -> torch.Tensor:
+        video = lambda t: rearrange(t, "(b f) c h w -> b c f h w", f=num_frames)  # noqa: E731
+        h = video(h)
+        mean, std = group_norm_3d_stats(h, self.num_groups, self.eps)
+        gamma, beta = video(self.to_gamma(feature)), video(self.to_beta(feature))
+        out = h + gamma * (h - mean) + std * beta  # = mu + sigma * ((gamma + 1) * h_bar + beta), eq. 2
+        return rearrange(out, "b c f h w -> (b f) c h w")
+
+
+class AppearanceInjection(nn.Module):
+    """One injection point: ``h + ZeroConv1x1(f_a)``, plus SPADE (:class:`SpadeModulation`) if enabled."""
+
+    def __init__(
+        self, channels: int, feature_channels: int, spade: bool, num_groups: int = 32, spade_kernel_size: int = 3
+    ):
+        super().__init__()
+        self.add = zero_module(nn.Conv2d(feature_channels, channels, 1))
+        self.spade = SpadeModulation(channels, feature_channels, num_groups, spade_kernel_size) if spade else None
+
+    def forward(self, h: torch.Tensor, feature: torch.Tensor, num_frames: int) -> torch.Tensor:
+        out = h if self.spade is None else self.spade(h, feature, num_frames)
+        return out + self.add(feature)

@@ -28,7 +28,6 @@ order and temporal layers rearrange to what they need.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention
-from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import (
     CrossAttnDownBlock2D,
@@ -48,25 +46,15 @@ from diffusers.models.unets.unet_2d_blocks import (
     UpBlock2D,
 )
 from diffusers.utils import BaseOutput
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
-from microcinema.models.appearnet import AppearNet, AppearNetOutput, embed_time, mask_to_bias, per_frame
+from microcinema.models.appearnet import (INJECTION_MODES, AppearanceInjection, AppearNet, AppearNetOutput, embed_time,
+                                          mask_to_bias, per_frame)
+from microcinema.models.extensions import AppearanceAttention, FrameTextModulation, FrameTextShift
+from microcinema.models.layers import frame_position_encoding, gcd_groups, zero_module
 from microcinema.core.errors import MicroCinemaError, check
 
-#: The appearance injections of the paper's Table 2, in its order.
-INJECTION_MODES: tuple[str, ...] = ("concat", "add_dec", "add_encdec", "add_encdec_spade")
-
-
-def zero_module(module: nn.Module) -> nn.Module:
-    """Set every parameter of ``module`` to zero (the last layer of a residual branch) and return it."""
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
-
-
-def _groups(channels: int, groups: int) -> int:
-    return math.gcd(channels, groups)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,7 +71,7 @@ class TemporalConv(nn.Module):
 
     def __init__(self, channels: int, num_groups: int = 32, dropout: float = 0.0):
         super().__init__()
-        groups = _groups(channels, num_groups)
+        groups = gcd_groups(channels, num_groups)
         self.norm1 = nn.GroupNorm(groups, channels, eps=1e-6)
         self.conv1 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
         self.norm2 = nn.GroupNorm(groups, channels, eps=1e-6)
@@ -98,286 +86,28 @@ class TemporalConv(nn.Module):
         return x + rearrange(h, "b c f h w -> (b f) c h w")
 
 
-def frame_position_encoding(num_frames: int, channels: int, device: torch.device, dtype: torch.dtype,
-                            centred: bool = False) -> torch.Tensor:
-    """Sinusoidal encoding ``(F, C)`` of the frame index (the transformer's, as for timesteps); ``centred``:
-    of the offset from the centre frame, ``i - (F - 1) / 2`` (0 for the key frame and for images)."""
-    positions = torch.arange(num_frames, device=device, dtype=torch.float32)
-    if centred:
-        positions = positions - (num_frames - 1) / 2
-    return get_timestep_embedding(positions, channels, flip_sin_to_cos=True, downscale_freq_shift=0).to(dtype)
-
-
-class _PromptTimesOffset(nn.Module):
-    """``(A t) * (B PE(f - (F - 1) / 2))``: the prompt times the frame's offset from the key frame, ``(B, F, hidden)``.
-
-    ``t`` is the pooled prompt and ``PE`` the sinusoidal offset encoding; ``A`` and ``B`` keep their default
-    (random) init. Shared by the two text x time layers below, which differ only in what the product drives.
-    """
-
-    def __init__(self, text_dim: int, hidden: int = 64, offset_channels: int = 32):
-        super().__init__()
-        self.offset_channels = offset_channels
-        self.text_in = nn.Linear(text_dim, hidden)  # A
-        self.offset_in = nn.Linear(offset_channels, hidden)  # B
-
-    def product(self, pooled_text: torch.Tensor, num_frames: int, like: torch.Tensor) -> torch.Tensor:
-        offsets = frame_position_encoding(num_frames, self.offset_channels, like.device, like.dtype, centred=True)
-        return self.text_in(pooled_text)[:, None] * self.offset_in(offsets)[None]
-
-
-class FrameTextModulation(_PromptTimesOffset):
-    """Per-frame FiLM of the features by the prompt and the frame's offset from the key frame (an extension,
-    not in the paper; ``VideoUNet(frame_text_modulation=True)``), applied after every temporal convolution:
-
-        ``h_f <- h_f * (1 + gamma_f) + beta_f``,  ``(gamma_f, beta_f) = W ((A t) * (B PE(f - (F - 1) / 2)))``
-
-    with ``t`` the pooled prompt, ``PE`` the sinusoidal offset encoding, ``A``, ``B`` random (default init) and
-    ``W`` zero-initialised, so the layer is the identity at initialisation.
-
-    Why: the direction of a motion is a product of three things: a word ("growing"), the frame's place in
-    time (before or after the key frame) and where the object is in the features. The paper's layers only add
-    text (cross-attention) or mix frames (temporal layers), so that product has to be composed through several
-    layers, and for a prompt and its opposite the first-order gradients of an additive path cancel over the
-    two. Here the text x time product is explicit and scales the features, so its gradient,
-    ``sum_pixels dL/dh * h``, does not cancel when the change correlates with the features, as growing or
-    shrinking does. Measured on the embedded model (with the high-noise loss weighting of
-    ``configs/video_text_modulation.yaml``; without it, nothing in 500 steps): grow/shrink went from a coin
-    flip (14 of 26) to 25 of 26 right in the 100-prompt stage-two evaluation; left/right and up/down did not
-    move. A translation is antisymmetric about the object, so a per-channel scale barely correlates with it;
-    :class:`FrameTextShift` is the spatial counterpart.
-    """
-
-    def __init__(self, channels: int, text_dim: int, hidden: int = 64, offset_channels: int = 32):
-        super().__init__(text_dim, hidden, offset_channels)
-        self.out = zero_module(nn.Linear(hidden, 2 * channels))  # W: zero-initialised, the layer starts as identity
-
-    def forward(self, x: torch.Tensor, pooled_text: torch.Tensor, num_frames: int) -> torch.Tensor:
-        hidden = self.product(pooled_text, num_frames, x)  # (B, F, hidden)
-        gamma, beta = rearrange(self.out(hidden), "b f (two c) -> two (b f) c 1 1", two=2)
-        return x + gamma * x + beta
-
-
-def shift_features(x: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
-    """Translate every channel map of ``x`` ``(N, C, H, W)`` by its own ``velocity`` ``(N, C, 2)`` = (dx, dy)
-    in pixels (bilinear, border values repeated): ``out(p) = x(p - v)``, so ``dx > 0`` moves content right and
-    ``dy > 0`` moves it down. ``velocity = 0`` returns ``x`` up to float rounding."""
-    n, c, h, w = x.shape
-    ys = (2 * torch.arange(h, device=x.device, dtype=x.dtype) + 1) / h - 1  # pixel centres (align_corners=False)
-    xs = (2 * torch.arange(w, device=x.device, dtype=x.dtype) + 1) / w - 1
-    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) as (x, y)
-    step = velocity * torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)  # pixels -> grid units
-    grid = base[None] - rearrange(step, "n c two -> (n c) 1 1 two")
-    out = F.grid_sample(rearrange(x, "n c h w -> (n c) 1 h w"), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
-    return rearrange(out, "(n c) 1 h w -> n c h w", n=n)
-
-
-class FrameTextShift(_PromptTimesOffset):
-    """Per-frame translation of the features by a velocity from the prompt and the frame's offset from the key
-    frame (an extension, not in the paper; ``VideoUNet(frame_text_shift=True)``), applied after every temporal
-    convolution (after :class:`FrameTextModulation` where both are on):
-
-        ``h_f,c <- shift(h_f,c, v_f,c)``,  ``v_f = s * W rms_normalise((A t) * (B PE(f - (F - 1) / 2)))``
-
-    in pixels of that layer, one velocity per channel (so the layer can move the channels that carry the key
-    frame's appearance and leave those that carry the input noise). ``W`` is zero-initialised, so the layer is
-    the identity at initialisation (bilinear sampling at the pixel centres, exact).
-
-    Why: a translation is antisymmetric about the object (it adds on one side and removes on the other), so the
-    FiLM's gradient ``sum_pixels dL/dh * h`` nearly cancels over it. The gradient of a shift at ``v = 0`` is
-    ``-sum_pixels dL/dh * grad h``, which is what a translation looks like to first order: it points along
-    the motion, with its sign. It acts on the decoder's features after the AppearNet injections, so it can
-    move the key frame's appearance.
-
-    Scale: the raw product has an RMS of ~0.05 (and a prompt and its opposite differ by a third of that), so
-    ``W`` would need entries of ~10 for a shift of a pixel, thousands of Adam steps away; measured: after 500
-    steps the velocities were ~0.01 px. So the product is RMS-normalised and multiplied by ``s``
-    (``velocity_scale``, 4 px).
-
-    Measured (shipped base model, phase 5, ``configs/video_text_shift.yaml``, trained together with
-    :func:`~microcinema.systems.microcinema.noise_prior.hide_motion_at_high_noise`): the learned velocities stay small (RMS at most
-    0.17 px per layer, largest in the middle and the first decoder level), and zeroing every ``W`` of the trained
-    model costs 2 of 30 motions on the tuning set (30/30 -> 28/30). Most of phase 5's gain comes from hiding the
-    motion at high noise; this layer adds a little. It costs ~45 % more time per training step on a CPU
-    (``grid_sample``'s backward). Neither this layer without the hidden motion nor the hidden motion without
-    this layer was trained (no CPU time); those are the ablations to run.
-    """
-
-    def __init__(self, channels: int, text_dim: int, hidden: int = 64, offset_channels: int = 32,
-                 velocity_scale: float = 4.0):
-        super().__init__(text_dim, hidden, offset_channels)
-        self.velocity_scale = velocity_scale
-        self.out = zero_module(nn.Linear(hidden, 2 * channels))  # W: zero-initialised, no shift at first
-
-    def velocity(self, pooled_text: torch.Tensor, num_frames: int, like: torch.Tensor) -> torch.Tensor:
-        """``(B, F, C, 2)``: each frame's per-channel velocity (dx, dy) in pixels."""
-        hidden = self.product(pooled_text, num_frames, like)
-        hidden = hidden * torch.rsqrt(hidden.square().mean(-1, keepdim=True) + 1e-8)
-        return rearrange(self.velocity_scale * self.out(hidden), "b f (c two) -> b f c two", two=2)
-
-    def forward(self, x: torch.Tensor, pooled_text: torch.Tensor, num_frames: int) -> torch.Tensor:
-        return shift_features(x, rearrange(self.velocity(pooled_text, num_frames, x), "b f c two -> (b f) c two"))
-
-
 class TemporalAttention(nn.Module):
     """Self-attention over frames at every spatial position, as a pre-norm residual branch (section 3.1).
 
     ``x + Attn(LN(x) + PE(frame))``: tokens are the ``F`` frames of one pixel, ``PE`` is a sinusoidal frame
     position encoding. The output projection is zero-initialised, so the layer is the identity at init.
 
-    ``text_dim`` (an extension, not in the paper; ``VideoUNet(temporal_text=True)``): the pooled prompt
-    embedding, through a zero-initialised linear map, is added to every frame's token,
-    ``Attn(LN(x) + PE(frame) + W t)``, so which frames attend to which can depend on the words (the direction
-    of a motion) directly, not only through what the spatial cross-attention wrote into ``x``.
     """
 
-    def __init__(self, channels: int, head_dim: int = 64, text_dim: int | None = None):
+    def __init__(self, channels: int, head_dim: int = 64):
         super().__init__()
         heads = max(1, channels // head_dim)
         check(channels % heads == 0, f"temporal attention: {channels} channels do not split into {heads} heads")
         self.norm = nn.LayerNorm(channels)
         self.attn = Attention(query_dim=channels, heads=heads, dim_head=channels // heads, bias=False)
         zero_module(self.attn.to_out[0])  # zero-initialised output projection: the branch starts at 0
-        # zero-initialised: a model inflated (or continued) with it starts exactly as one without
-        self.text_proj = zero_module(nn.Linear(text_dim, channels)) if text_dim else None
 
-    def forward(self, x: torch.Tensor, num_frames: int, pooled_text: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         height, width = x.shape[-2:]
         tokens = rearrange(x, "(b f) c h w -> (b h w) f c", f=num_frames)
         tokens = self.norm(tokens) + frame_position_encoding(num_frames, x.shape[1], x.device, x.dtype)
-        if self.text_proj is not None and pooled_text is not None:
-            tokens = tokens + repeat(self.text_proj(pooled_text), "b c -> (b n) 1 c", n=height * width)
         out = self.attn(tokens)
         return x + rearrange(out, "(b h w) f c -> (b f) c h w", h=height, w=width)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# appearance injection (section 3.2)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def group_norm_3d_stats(x: torch.Tensor, num_groups: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of 3D GroupNorm (eq. 1) of ``x`` ``(B, C, F, H, W)``.
-
-    Statistics are per sample and per channel group over ``C/G x F x H x W`` (frames included, not per
-    frame); both are returned broadcastable to ``x``, ``(B, C, 1, 1, 1)``.
-    """
-    grouped = rearrange(x, "b (g c) f h w -> b g (c f h w)", g=num_groups).float()  # fp32 statistics
-    mean = grouped.mean(dim=-1)
-    std = (grouped.var(dim=-1, unbiased=False) + eps).sqrt()
-    per_channel = x.shape[1] // num_groups
-    return tuple(repeat(s, "b g -> b (g c) 1 1 1", c=per_channel).to(x.dtype) for s in (mean, std))
-
-
-def group_norm_3d(x: torch.Tensor, num_groups: int, eps: float = 1e-6) -> torch.Tensor:
-    """3D GroupNorm without affine parameters (eq. 1): ``(x - mu) / sigma`` over groups x F x H x W."""
-    mean, std = group_norm_3d_stats(x, num_groups, eps)
-    return (x - mean) / std
-
-
-class SpadeModulation(nn.Module):
-    """SPADE de-normalisation of a main-branch activation by an AppearNet feature (section 3.2, eq. 1-2).
-
-    ``gamma`` and ``beta`` are 3x3 convolutions of the AppearNet feature ``f_a``, zero-initialised. Eq. 2,
-    ``o = (gamma + 1) * h_bar + beta`` with ``h_bar`` the 3D GroupNorm of ``h`` (eq. 1), is applied in the
-    normalised space and mapped back with the same statistics, ``mu + sigma * o``, which is
-
-        ``h + sigma * (gamma * h_bar + beta)  =  h + gamma * (h - mu) + sigma * beta``.
-
-    Why this form: eq. 2 alone outputs ``h_bar`` at ``gamma = beta = 0``, i.e. it would replace SD's
-    activation by its normalised version and the freshly inflated model would not be SD. Undoing the
-    normalisation with the activation's own ``mu, sigma`` makes the injection exactly the identity at zero
-    init (it is computed as a residual, so ``h + 0`` is bit-exact), keeps the modulation relative to the
-    activation's scale (eq. 2's ``gamma``, ``beta`` act on unit-variance values, whatever the magnitude of
-    SD's activations at that level), and the statistics are still 3D GroupNorm's over frames x H x W.
-    """
-
-    def __init__(
-        self, channels: int, feature_channels: int, num_groups: int = 32, kernel_size: int = 3, eps: float = 1e-6
-    ):
-        super().__init__()
-        self.num_groups = _groups(channels, num_groups)
-        self.eps = eps
-        pad = kernel_size // 2
-        self.to_gamma = zero_module(nn.Conv2d(feature_channels, channels, kernel_size, padding=pad))
-        self.to_beta = zero_module(nn.Conv2d(feature_channels, channels, kernel_size, padding=pad))
-
-    def forward(self, h: torch.Tensor, feature: torch.Tensor, num_frames: int) -> torch.Tensor:
-        video = lambda t: rearrange(t, "(b f) c h w -> b c f h w", f=num_frames)  # noqa: E731
-        h = video(h)
-        mean, std = group_norm_3d_stats(h, self.num_groups, self.eps)
-        gamma, beta = video(self.to_gamma(feature)), video(self.to_beta(feature))
-        out = h + gamma * (h - mean) + std * beta  # = mu + sigma * ((gamma + 1) * h_bar + beta), eq. 2
-        return rearrange(out, "b c f h w -> (b f) c h w")
-
-
-class AppearanceInjection(nn.Module):
-    """One injection point: ``h + ZeroConv1x1(f_a)``, plus SPADE (:class:`SpadeModulation`) if enabled."""
-
-    def __init__(
-        self, channels: int, feature_channels: int, spade: bool, num_groups: int = 32, spade_kernel_size: int = 3
-    ):
-        super().__init__()
-        self.add = zero_module(nn.Conv2d(feature_channels, channels, 1))
-        self.spade = SpadeModulation(channels, feature_channels, num_groups, spade_kernel_size) if spade else None
-
-    def forward(self, h: torch.Tensor, feature: torch.Tensor, num_frames: int) -> torch.Tensor:
-        out = h if self.spade is None else self.spade(h, feature, num_frames)
-        return out + self.add(feature)
-
-
-def spatial_position_encoding(height: int, width: int, channels: int, device: torch.device,
-                               dtype: torch.dtype) -> torch.Tensor:
-    """2D sinusoidal encoding ``(H * W, C)`` of the pixel position: ``C // 2`` channels encode the row, the
-    rest the column (the transformer's encoding, as for timesteps)."""
-    half = channels // 2
-    rows = get_timestep_embedding(torch.arange(height, device=device, dtype=torch.float32), half,
-                                  flip_sin_to_cos=True, downscale_freq_shift=0)
-    cols = get_timestep_embedding(torch.arange(width, device=device, dtype=torch.float32), channels - half,
-                                  flip_sin_to_cos=True, downscale_freq_shift=0)
-    grid = torch.cat([repeat(rows, "h c -> h w c", w=width), repeat(cols, "w c -> h w c", h=height)], dim=-1)
-    return rearrange(grid, "h w c -> (h w) c").to(dtype)
-
-
-class AppearanceAttention(nn.Module):
-    """Every frame attends to the key frame's AppearNet feature at the same resolution (an extension, not in
-    the paper; ``VideoUNet(appearance_attention=True)``), applied after every temporal attention:
-
-        ``h_f <- h_f + W_o Attn(q = LN(h_f) + PE, kv = LN(a) + PE)``
-
-    with ``a`` the AppearNet feature of the key frame (``H * W`` tokens, shared by all frames) and ``PE`` a 2D
-    sinusoidal position encoding, so attention can prefer nearby places. ``W_o`` is zero-initialised: the
-    layer is the identity at initialisation. Meant for the base model, whose condition is one key frame (for a
-    condition of several frames the centre one is used, :meth:`AppearNetOutput.key_frame`).
-
-    Why: the paper's injections (Table 2) add AppearNet's feature at the *same* pixel, so where the object
-    has moved away from its place in the key frame the main branch must carry its details there through
-    convolutions. Measured on the embedded model before this layer: fine shapes (handwritten digits, stars)
-    lose their form with the distance from the key frame, while colours and simple shapes hold. Attention
-    lets a frame fetch the key frame's appearance from wherever it is, the way reference attention does in
-    image animation (Animate Anyone's ReferenceNet, which concatenates reference tokens to self-attention).
-    """
-
-    def __init__(self, channels: int, feature_channels: int, head_dim: int = 64):
-        super().__init__()
-        heads = max(1, channels // head_dim)
-        check(channels % heads == 0, f"appearance attention: {channels} channels do not split into {heads} heads")
-        self.norm = nn.LayerNorm(channels)
-        self.norm_feature = nn.LayerNorm(feature_channels)
-        self.attn = Attention(query_dim=channels, cross_attention_dim=feature_channels, heads=heads,
-                              dim_head=channels // heads, bias=False)
-        zero_module(self.attn.to_out[0])  # zero-initialised output projection: the branch starts at 0
-
-    def forward(self, x: torch.Tensor, key_feature: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """``x`` ``(B * F, C, H, W)``; ``key_feature`` ``(B, C_a, H, W)``, the key frame's AppearNet feature."""
-        height, width = x.shape[-2:]
-        pe = lambda c: spatial_position_encoding(height, width, c, x.device, x.dtype)  # noqa: E731
-        queries = self.norm(rearrange(x, "(b f) c h w -> b f (h w) c", f=num_frames)) + pe(x.shape[1])
-        keys = self.norm_feature(rearrange(key_feature, "b c h w -> b (h w) c")) + pe(key_feature.shape[1])
-        # all frames of a sample query the same keys: one batch row per sample, keys projected once
-        out = self.attn(rearrange(queries, "b f n c -> b (f n) c"), encoder_hidden_states=keys)
-        return x + rearrange(out, "b (f h w) c -> (b f) c h w", f=num_frames, h=height, w=width)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -401,7 +131,7 @@ class _Ctx:
     text_bias: torch.Tensor | None
     cross_attention_kwargs: dict[str, Any] | None
     frames: int
-    pooled_text: torch.Tensor | None = None  # (B, D), for temporal_text and frame_text_modulation
+    pooled_text: torch.Tensor | None = None  # (B, D), for the frame-text extensions
     key_features: AppearNetOutput | None = None  # the key frame's AppearNet features (B, ...), appearance_attention
 
 
@@ -437,8 +167,6 @@ class VideoUNet(ModelMixin, ConfigMixin):
         temporal_dropout: dropout inside the temporal convs.
         spade_kernel_size: kernel of SPADE's gamma/beta convs (3, as the paper's "convolving"; at SD 2.1 scale
             they are ~340M parameters, 1 makes them 9x smaller).
-        temporal_text: give the temporal attentions the pooled prompt embedding (see :class:`TemporalAttention`;
-            an extension beyond the paper, off by default).
         frame_text_modulation: scale and shift the features after every temporal conv by the prompt times the
             frame's offset from the centre frame (see :class:`FrameTextModulation`; an extension beyond the
             paper, off by default).
@@ -465,7 +193,6 @@ class VideoUNet(ModelMixin, ConfigMixin):
         norm_num_groups: int | None = None,
         temporal_dropout: float = 0.0,
         spade_kernel_size: int = 3,
-        temporal_text: bool = False,
         frame_text_modulation: bool = False,
         frame_text_shift: bool = False,
         appearance_attention: bool = False,
@@ -500,7 +227,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
                 self.frame_text_shifts[_key(path)] = FrameTextShift(resnet.out_channels, unet.config.cross_attention_dim)
         for path, attn in self._layers("attentions"):
             self.temporal_attentions[_key(path)] = TemporalAttention(
-                attn.in_channels, temporal_attention_head_dim, unet.config.cross_attention_dim if temporal_text else None)
+                attn.in_channels, temporal_attention_head_dim)
 
         # appearance injection (Table 2)
         self.condition_conv_in: nn.Conv2d | None = None
@@ -658,7 +385,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
     def _attention(self, path: str, attn: nn.Module, h: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
         h = attn(h, encoder_hidden_states=ctx.text, encoder_attention_mask=ctx.text_bias,
                  cross_attention_kwargs=ctx.cross_attention_kwargs, return_dict=False)[0]
-        h = self._checkpointed(self.temporal_attentions[_key(path)], h, ctx.frames, ctx.pooled_text)
+        h = self._checkpointed(self.temporal_attentions[_key(path)], h, ctx.frames)
         if ctx.key_features is not None and _key(path) in self.appearance_attentions:
             index = self._appearance_sources[_key(path)]
             feature = ctx.key_features.mid_feature if index is None else ctx.key_features.skip_features[index]
@@ -737,7 +464,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
         ctx = _Ctx(per_frame(emb, frames), per_frame(text, frames),
                    per_frame(mask_to_bias(encoder_attention_mask, sample.dtype), frames), cross_attention_kwargs, frames,
                    pooled_text=pool_text(text, encoder_attention_mask)
-                   if self.config.temporal_text or self.config.frame_text_modulation or self.config.frame_text_shift
+                   if self.config.frame_text_modulation or self.config.frame_text_shift
                    else None, key_features=key_features)
 
         # 2. conv_in (+ the concatenated condition, Table 2 "Concat")
@@ -823,17 +550,8 @@ def _check_supported(unet: UNet2DConditionModel) -> None:
 
 __all__ = [
     "INJECTION_MODES",
-    "AppearanceAttention",
-    "AppearanceInjection",
-    "SpadeModulation",
     "TemporalAttention",
     "TemporalConv",
     "VideoUNet",
     "VideoUNetOutput",
-    "frame_position_encoding",
-    "spatial_position_encoding",
-    "FrameTextModulation",
-    "group_norm_3d",
-    "group_norm_3d_stats",
-    "zero_module",
 ]

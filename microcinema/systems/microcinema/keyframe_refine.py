@@ -23,9 +23,8 @@ interpolated in-between frames (with the interpolation model):
    conditions as the first pass (base: text, guidance, pinned key frame; interpolation: its two end frames)
    (:func:`microcinema.core.samplers.sample` with ``init=`` and ``strength=``).
 
-The motion is the first pass's (from the text); the appearance is the key frame's. Measured (40 tuning prompts,
-animate mode, ``scripts/stage_two_frame_errors.py``): object kept in every frame 82.5 % -> 97.5 %, frames with an
-object miss 11 base / 39 interpolated -> 1 / 1, colour kept in every frame 95 % -> 100 %. The transform has no
+The motion is the first pass's (from the text); the appearance is the key frame's (what it changed on the
+embedded family: ``docs/results/stage_two_refine/``, ``docs/history.md``). The transform has no
 rotation and no deformation, so the refinement suits rigid objects and camera zooms/pans (the procedural
 domain), not articulated motion: turn it off with ``MicroCinemaPipeline(refine_strength=0)`` (CLI:
 ``--refine-strength 0``). :func:`refine_init` builds the start latents; the pipeline runs the sampling.

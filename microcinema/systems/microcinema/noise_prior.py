@@ -77,18 +77,11 @@ def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, time
 
     Why: SD's schedule ends at ``abar_999 = 0.0047``, not 0, so at training even ``t = 999`` leaves a faint
     ``0.07 z0``: the whole motion, readable summed over an object. A model learns to read where the object is
-    going from that leak instead of from the text (measured on the embedded model: its prediction at
-    ``t = 995`` is the same with "moving left" and "moving right" and follows the clip either way). Sampling
-    starts from noise around the key frame (:func:`appearance_init_mean`), which has no motion to read, so
-    the direction of a translation came out at chance. This removes the leak's motion, not the leak (the key
-    frame's signal stays, as at sampling); zero-terminal-SNR schedules (Lin et al. 2024) remove the leak
-    altogether but need v-prediction and a new schedule for the whole family.
-
-    Measured (``configs/video_text_shift.yaml``, ``start = 900``, from the phase-4 model, with
-    :class:`~microcinema.models.unet3d.FrameTextShift`): in ``scripts/motion_text_probe.py --hide-motion-from 900`` the
-    reversed caption cost +25-33 % (left/right) and +72-84 % (up/down) at t >= 900 after 500 steps and +300-410 %
-    / +225-320 % after 2000 (phase 4 on the same input: -0.8 to +0.1 % / +4 to +6 %); 100 stage-two prompts:
-    motion right 92 % (phase 4: 70 %), every miss a reversal.
+    going from that leak instead of from the text. Sampling starts from noise around the key frame
+    (:func:`appearance_init_mean`), which has no motion to read. This removes the leak's motion, not the leak
+    (the key frame's signal stays, as at sampling); zero-terminal-SNR schedules (Lin et al. 2024) remove the
+    leak altogether but need v-prediction and a new schedule. An extension beyond the paper, used by the
+    embedded base model (what it changed there: ``docs/history.md``).
     """
     key = _as_condition_video(condition, z0.shape[2]).to(z0.dtype) if start is not None else None
     return replace_signal_at_high_noise(z0, key, noise, timesteps, start, scheduler)
