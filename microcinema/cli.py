@@ -143,11 +143,18 @@ examples:
   microcinema train vae --config vae --output-dir runs/vae --export microcinema/embedded/weights/vae
   microcinema train t2i --config t2i --output-dir runs/t2i --export microcinema/embedded/weights/t2i
   microcinema train t2i --config my_t2i.yaml --output-dir runs/t2i-big --max-steps 20000
+  microcinema train video --config video --output-dir runs/video --export microcinema/embedded/weights/video
+      every phase of the shipped base model in order (a finished phase is skipped on restart)
+  accelerate launch --multi_gpu --num_processes 8 -m microcinema.cli train video --config sd_webvid.yaml
+      real videos (data: type captions or webdataset) from an SD folder (init_from): each process encodes and
+      trains on its own share and records the sample keys it saw in OUTPUT_DIR/samples_seen/rank_<r>.json
 
 A run resumes from the newest checkpoint in --output-dir (kill it any time). It writes loss.jsonl
 (plot it with --plot), checkpoints/ and final/ (EMA weights); --export also writes fp16 safetensors and
 training.json (the command, config and evaluation numbers) to the folder given.
-For multi-GPU: accelerate launch -m microcinema.cli train ...
+Configs are strict: a misspelled key is an error naming it (see microcinema/training/config.py).
+Several processes: accelerate launch --multi_gpu --num_processes N -m microcinema.cli train ... (on a machine
+with no GPU the processes form a CPU group).
 """
 
 

@@ -91,27 +91,3 @@ def test_hide_motion_at_high_noise_swaps_the_clip_for_the_key_frame_above_start_
     assert torch.equal(plain, add_noise(z0, noise, t, scheduler)) and torch.equal(plain_target, noise)
     with pytest.raises(MicroCinemaError, match="noise shape"):
         hide_motion_at_high_noise(z0, key, noise[:, :, :2], t, start=900)
-
-
-def test_hide_layout_at_high_noise_keeps_only_the_colours_above_start_and_the_implied_x0():
-    from microcinema.core.diffusion import add_noise, alphas_cumprod_of, make_training_scheduler
-    from microcinema.systems.microcinema.noise_prior import hide_layout_at_high_noise
-
-    scheduler = make_training_scheduler()
-    g = torch.Generator().manual_seed(1)
-    z0 = torch.randn(3, 4, 6, 6, generator=g)
-    other = z0.flip(-1).roll(2, dims=-2)  # the same colours (spatial mean per channel), another layout
-    noise = torch.randn(3, 4, 6, 6, generator=g)
-    t = torch.tensor([10, 799, 800])
-    z_t, target = hide_layout_at_high_noise(z0, noise, t, start=800, scheduler=scheduler)
-    z_other, _ = hide_layout_at_high_noise(other, noise, t, start=800, scheduler=scheduler)
-    torch.testing.assert_close(z_t[:2], add_noise(z0, noise, t, scheduler)[:2])  # below start: forward process
-    torch.testing.assert_close(target[:2], noise[:2])
-    assert (z_t[:2] - z_other[:2]).abs().max() > 1e-2  # the layout shows through below start ...
-    torch.testing.assert_close(z_t[2], z_other[2])  # ... not from start up
-    assert z_t[2].std(dim=(-2, -1)).sub(noise[2].std(dim=(-2, -1)) * (1 - alphas_cumprod_of(scheduler)[800]).sqrt()).abs().max() < 1e-4
-    abar = alphas_cumprod_of(scheduler)[t].view(-1, 1, 1, 1).float()
-    implied = (z_t - (1 - abar).sqrt() * target) / abar.sqrt()
-    torch.testing.assert_close(implied, z0, atol=1e-4, rtol=0)  # a perfect prediction still implies the image
-    plain, plain_target = hide_layout_at_high_noise(z0, noise, t, start=None, scheduler=scheduler)
-    assert torch.equal(plain, add_noise(z0, noise, t, scheduler)) and torch.equal(plain_target, noise)

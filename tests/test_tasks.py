@@ -21,6 +21,7 @@ TINY_TRAIN = {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3, "checkpoin
 def write_config(path, name, **changes):
     config = load_config(name)
     config.pop("_path")
+    config.pop("phases", None)  # the first phase only (phases set their own max_steps)
     for section, values in changes.items():
         config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     path.write_text(yaml.safe_dump(config))
@@ -55,9 +56,8 @@ def test_vae_task_exports_fp16_with_provenance(trained_vae):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("name", ["t2i", "t2i_balanced", "t2i_hide_layout", "t2i_text_embed"])  # shipped + tried
-def test_t2i_task_trains_on_cached_latents_and_loads_as_pipeline(trained_vae, tmp_path, minilm_encoder, name):
-    config = write_config(tmp_path / "t2i.yaml", name, vae=str(trained_vae / "export"),
+def test_t2i_task_trains_on_cached_latents_and_loads_as_pipeline(trained_vae, tmp_path, minilm_encoder):
+    config = write_config(tmp_path / "t2i.yaml", "t2i", vae=str(trained_vae / "export"),
                           model={"block_out_channels": [8, 16, 16], "attention_head_dim": [2, 2, 2],
                                  "norm_num_groups": 4},
                           data={"num": 16}, train=TINY_TRAIN)
@@ -87,7 +87,7 @@ def test_bad_configs_are_clear_errors(tmp_path, capsys):
     typo = write_config(tmp_path / "typo.yaml", "vae", train={"max_step": 3})
     assert main(["train", "vae", "--config", str(typo), "--output-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "bad 'train' section" in err and "max_step" in err and err.count("\n") == 1
+    assert "unknown key 'max_step' in section 'train'" in err and "max_steps" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("task", ["video", "interp"])
@@ -110,8 +110,18 @@ def test_stage_two_tasks_train_from_a_t2i_unet(trained_vae, tmp_path, task):
     assert record["command"].startswith(f"microcinema train {task}")
 
 
+def video_config(path, **changes):
+    """configs/video.yaml's first phase (no ``phases``) with ``changes`` (sections replaced, not merged)."""
+    config = load_config("video")
+    config.pop("_path")
+    config.pop("phases")
+    config.update(changes)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_path):
-    """Phase 2 (configs/video_phase2.yaml): ``init_from`` a VideoUNet folder keeps its weights and settings."""
+    """``init_from`` a VideoUNet folder keeps its weights and settings (what a phase does)."""
     from microcinema.testing import tiny_unet2d
     from microcinema.models.unet3d import VideoUNet
 
@@ -121,9 +131,9 @@ def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_pat
         for p in phase1.parameters():
             p.add_(0.01)
     phase1.save_pretrained(tmp_path / "phase1")
-    config = write_config(tmp_path / "p2.yaml", "video_phase2", vae=str(trained_vae / "export"),
-                          init_from=str(tmp_path / "phase1"), data={"num": 4},
-                          train={**TINY_TRAIN, "batch_size": 2, "learning_rate": 1e-9})
+    data = {**load_config("video")["data"], "num": 4}
+    config = video_config(tmp_path / "p2.yaml", vae=str(trained_vae / "export"), init_from=str(tmp_path / "phase1"),
+                          model={}, data=data, train={**TINY_TRAIN, "batch_size": 2, "learning_rate": 1e-9})
     assert main(["train", "video", "--config", str(config), "--output-dir", str(tmp_path / "run"),
                  "--export", str(tmp_path / "export")]) == 0
     model = VideoUNet.from_pretrained(tmp_path / "export").float()
@@ -131,54 +141,40 @@ def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_pat
     reference = dict(phase1.named_parameters())
     for name, p in model.named_parameters():  # learning rate ~0: the weights are phase 1's (up to fp16)
         assert torch.allclose(p, reference[name], atol=2e-3), name
-    clash = write_config(tmp_path / "clash.yaml", "video_phase2", vae=str(trained_vae / "export"),
-                         init_from=str(tmp_path / "phase1"), model={"injection": "concat"}, data={"num": 4},
-                         train=TINY_TRAIN)
+    clash = video_config(tmp_path / "clash.yaml", vae=str(trained_vae / "export"), init_from=str(tmp_path / "phase1"),
+                         model={"injection": "concat"}, data=data, train=TINY_TRAIN)
     assert main(["train", "video", "--config", str(clash), "--output-dir", str(tmp_path / "run2")]) == 2
 
 
-def test_t2i_loss_weights_the_steps_by_min_snr_or_as_x0_loss_when_configured():
-    from microcinema.data.latent_cache import LatentCache
-    from microcinema.core.diffusion import min_snr_weights, random_timesteps
-    from microcinema.training.tasks.t2i import make_loss
+def test_video_phases_run_in_order_grow_the_model_and_skip_finished_phases(trained_vae, tmp_path, capsys):
+    """configs/video.yaml's layout: a first phase, then phases that grow the model and change loss/data/train."""
+    from microcinema.models.unet3d import VideoUNet
+    from microcinema.testing import tiny_unet2d
 
-    g = torch.Generator().manual_seed(0)
-    b, shape = 64, (4, 6, 6)
-    tensors = {"latent_mean": torch.randn(b, *shape, generator=g), "latent_std": torch.ones(b, *shape),
-               "text_states": torch.randn(b, 5, 8, generator=g).half(), "text_mask": torch.ones(b, 5, dtype=torch.long),
-               "uncond_states": torch.zeros(1, 5, 8).half(), "uncond_mask": torch.ones(1, 5, dtype=torch.long)}
-    cache = LatentCache(tensors)
-    batch = {k: tensors[k] for k in LatentCache.PER_ITEM}
-    prediction = torch.randn(b, *shape, generator=g)
-    model = lambda sample, t, **kwargs: type("Output", (), {"sample": prediction})()  # noqa: E731
-    plain = make_loss(cache, 1.0, 0.0)(model, batch, torch.Generator().manual_seed(3))
-    weighted = make_loss(cache, 1.0, 0.0, min_snr_gamma=5.0)(model, batch, torch.Generator().manual_seed(3))
-    replay = torch.Generator().manual_seed(3)  # the loss draws the noise, then the timesteps
-    noise = torch.randn(batch["latent_mean"].shape, generator=replay)
-    t = random_timesteps(b, generator=replay)
-    per_sample = (prediction - noise).square().flatten(1).mean(1)
-    torch.testing.assert_close(plain, per_sample.mean(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(weighted, (min_snr_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
-    assert float(weighted) < float(plain)  # the clean steps (about a tenth of them) count less
-    from microcinema.core.diffusion import x0_loss_weights
-
-    x0 = make_loss(cache, 1.0, 0.0, max_x0_weight=5.0)(model, batch, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(x0, (x0_loss_weights(t, 5.0) * per_sample).mean(), rtol=1e-6, atol=0)
-    assert float(x0) > 2 * float(plain)  # most timesteps have SNR < 1/5 and count 5x
-
-    from microcinema.core.diffusion import add_noise
-    from microcinema.systems.microcinema.noise_prior import hide_layout_at_high_noise
-
-    seen = {}
-
-    def recording(sample, t, **kwargs):
-        seen["sample"] = sample
-        return type("Output", (), {"sample": prediction})()
-
-    hidden = make_loss(cache, 1.0, 0.0, hide_layout_from=800)(recording, batch, torch.Generator().manual_seed(3))
-    z_t, target = hide_layout_at_high_noise(batch["latent_mean"], noise, t, 800)
-    torch.testing.assert_close(seen["sample"], z_t)
-    torch.testing.assert_close(hidden, (prediction - target).square().flatten(1).mean(1).mean(), rtol=1e-6, atol=0)
-    high = t >= 800
-    assert high.any() and (~high).any()
-    assert (z_t[high] - add_noise(batch["latent_mean"], noise, t)[high]).abs().max() > 1e-3  # the input changed there
+    tiny_unet2d(cross_attention_dim=384, sample_size=16).save_pretrained(tmp_path / "t2i")
+    shipped = load_config("video")
+    assert [p["name"] for p in shipped["phases"]] == ["spatial_full_lr", "text_modulation", "text_modulation_2",
+                                                     "text_shift", "appearance_attention"]
+    phases = [{"name": "grow", "from_fp16": True, "model": {"frame_text_modulation": True},
+               "loss": {"high_noise_fraction": 0.5, "max_x0_weight": 5.0}, "train": {"seed": 3}},
+              {"name": "more_digits", "loss": {"hide_motion_from": 900}, "data": {"seed": 12, "digit_weight": 0.5}}]
+    config = video_config(tmp_path / "v.yaml", vae=str(trained_vae / "export"), init_from=str(tmp_path / "t2i"),
+                          model={"temporal_attention_head_dim": 4}, data={**shipped["data"], "num": 4},
+                          train={**TINY_TRAIN, "batch_size": 2, "max_steps": 2}, phases=phases)
+    argv = ["train", "video", "--config", str(config), "--output-dir", str(tmp_path / "run"),
+            "--export", str(tmp_path / "export")]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["phases"]) == ["base", "grow", "more_digits"] and report["steps"] == 6
+    runs = tmp_path / "run" / "phases"
+    assert sorted(p.name for p in runs.iterdir()) == ["0_base", "1_grow", "2_more_digits"]
+    assert (runs / "0_base" / "final_fp16").is_dir()  # phase "grow" started from the fp16-rounded weights
+    model = VideoUNet.from_pretrained(tmp_path / "export")
+    assert model.config.frame_text_modulation and not model.config.frame_text_shift
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
+    stamps = {p: (runs / p / "done.json").stat().st_mtime_ns for p in ("0_base", "1_grow", "2_more_digits")}
+    (runs / "2_more_digits" / "done.json").unlink()  # as if killed after its training, before its marker
+    assert main(argv) == 0
+    assert (runs / "0_base" / "done.json").stat().st_mtime_ns == stamps["0_base"]  # finished: skipped
+    assert (runs / "1_grow" / "done.json").stat().st_mtime_ns == stamps["1_grow"]
+    assert json.loads(capsys.readouterr().out)["steps"] == 6

@@ -23,7 +23,7 @@ Latents are arbitrary-rank tensors with the batch first: images ``(B, C, H, W)``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from diffusers import DDPMScheduler
@@ -48,6 +48,15 @@ __all__ = [
     "diffusion_loss",
     "per_sample_mse",
     "random_timesteps",
+    "PREDICTION_TYPES",
+    "DiffusionLoss",
+    "uniform_timesteps",
+    "high_noise_mix",
+    "uniform_weighting",
+    "x0_weighting",
+    "min_snr_weighting",
+    "velocity",
+    "prediction_type_of",
 ]
 
 #: Stable Diffusion's training schedule (SD 1.x / 2.x ``scheduler_config.json``). SD's "linear" schedule is
@@ -306,3 +315,129 @@ def min_snr_weights(timesteps: Tensor, gamma: float, scheduler: Any = None) -> T
         raise MicroCinemaError(f"min-SNR gamma must be > 0, got {gamma}")
     ratio = snr(timesteps, scheduler)
     return (ratio.clamp(max=gamma) / ratio).float()
+
+
+# ------------------------------------------------------------------------------------------ the one loss
+
+#: What a network predicts: the noise (DDPM, SD 1.x, SD 2.1-base, the embedded family) or the velocity
+#: ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans & Ho 2022; SD 2.1 at 768).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+#: ``sampler(batch_size, generator) -> (B,)`` integer training timesteps.
+TimestepSampler = Callable[[int, Optional[torch.Generator]], Tensor]
+#: ``weighting(timesteps) -> (B,)`` float32 per-sample loss weights.
+Weighting = Callable[[Tensor], Tensor]
+#: ``noisy_input(x0, noise, timesteps) -> (z_t, eps)``: the network's input and the noise it must predict
+#: (by default the forward process ``add_noise(x0, noise, t)`` and ``noise``). Any replacement must keep
+#: ``z_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` so the implied clean sample stays ``x0``.
+NoisyInput = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]
+
+
+def uniform_timesteps(num_train_timesteps: int = 1000) -> TimestepSampler:
+    """Uniform integer timesteps over all training steps (DDPM; the papers' setting)."""
+    return lambda batch_size, generator: random_timesteps(batch_size, generator=generator,
+                                                          num_train_timesteps=num_train_timesteps)
+
+
+def high_noise_mix(fraction: float, low: int, num_train_timesteps: int = 1000) -> TimestepSampler:
+    """:func:`high_noise_timesteps` as a sampler: a ``fraction`` of the steps from ``[low, T)``, the rest
+    uniform (``fraction = 0`` draws exactly what :func:`uniform_timesteps` draws)."""
+    if not 0 <= fraction <= 1:
+        raise MicroCinemaError(f"high-noise fraction must be in [0, 1], got {fraction}")
+    return lambda batch_size, generator: high_noise_timesteps(batch_size, fraction, low, generator=generator,
+                                                              num_train_timesteps=num_train_timesteps)
+
+
+def uniform_weighting() -> Weighting:
+    """Every sample counts the same (the plain loss of Ho et al. 2020)."""
+    return lambda timesteps: torch.ones(timesteps.shape[0], dtype=torch.float32, device=timesteps.device)
+
+
+def x0_weighting(max_weight: float, scheduler: Any = None) -> Weighting:
+    """:func:`x0_loss_weights` (``clamp(1 / SNR, 1, max_weight)``) as a weighting."""
+    if max_weight < 1:
+        raise MicroCinemaError(f"max_weight must be >= 1, got {max_weight}")
+    return lambda timesteps: x0_loss_weights(timesteps, max_weight, scheduler)
+
+
+def min_snr_weighting(gamma: float, scheduler: Any = None, prediction_type: str = "epsilon") -> Weighting:
+    """Min-SNR-gamma (Hang et al. 2023, eq. 7): the x0 error weighted by ``min(SNR, gamma)``, written for the
+    loss's target: ``min(SNR, gamma) / SNR`` for epsilon, ``min(SNR, gamma) / (SNR + 1)`` for v (as
+    diffusers' training scripts, via ``diffusers.training_utils.compute_snr``'s SNR)."""
+    _check_prediction_type(prediction_type)
+    if prediction_type == "epsilon":
+        return lambda timesteps: min_snr_weights(timesteps, gamma, scheduler)
+    if not gamma > 0:
+        raise MicroCinemaError(f"min-SNR gamma must be > 0, got {gamma}")
+
+    def weights(timesteps: Tensor) -> Tensor:
+        ratio = snr(timesteps, scheduler)
+        return (ratio.clamp(max=gamma) / (ratio + 1)).float()
+
+    return weights
+
+
+def _check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise MicroCinemaError(f"unknown prediction_type {prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
+
+
+def velocity(x0: Tensor, noise: Tensor, timesteps: Tensor, scheduler: Any = None) -> Tensor:
+    """The v-prediction target ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022; diffusers'
+    ``DDPMScheduler.get_velocity``)."""
+    a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), x0)
+    return a * noise - b * x0
+
+
+def prediction_type_of(scheduler_config: dict[str, Any] | None) -> str:
+    """The ``prediction_type`` of a diffusers scheduler config (``"epsilon"`` when absent), checked."""
+    kind = (scheduler_config or {}).get("prediction_type") or "epsilon"
+    _check_prediction_type(kind)
+    return kind
+
+
+class DiffusionLoss:
+    """The training loss of every diffusion model of the project (t2i, video, interpolation), with hooks.
+
+    One call, for clean latents ``x0`` (any rank, batch first) and a ``generator``, draws in this order:
+
+    1. the unit Gaussian ``n`` (``torch.randn`` of ``x0``'s shape on the generator's device);
+    2. the timesteps (``timesteps`` hook: :func:`uniform_timesteps` or :func:`high_noise_mix`);
+    3. whatever ``denoise`` draws itself (e.g. the caption-dropout mask of classifier-free guidance);
+
+    and computes ``mean_b w(t_b) * mean((pred_b - target_b)^2)`` where
+
+    * the noise is ``noise_prior(n)`` (per call; default ``n``): e.g. MicroCinema's Appearance Noise Prior
+      ``lambda * z_c + n`` (section 3.3, eq. 3), which corrupts the input and is the target together;
+    * the input is ``noisy_input(x0, noise, t) -> (z_t, eps)`` (per call; default the forward process
+      ``sqrt(abar) x0 + sqrt(1 - abar) noise`` and ``eps = noise``), e.g. the hidden motion of
+      :func:`~microcinema.systems.microcinema.noise_prior.hide_motion_at_high_noise`;
+    * the target is ``eps`` (``prediction_type="epsilon"``, DDPM eq. 14) or the velocity
+      ``sqrt(abar) eps - sqrt(1 - abar) x0`` (``"v_prediction"``);
+    * ``w`` is the ``weighting`` hook (:func:`uniform_weighting`, :func:`x0_weighting`,
+      :func:`min_snr_weighting`).
+
+    ``denoise(z_t, t) -> prediction`` binds the network and its conditions.
+    """
+
+    def __init__(self, scheduler: Any = None, *, timesteps: TimestepSampler | None = None,
+                 weighting: Weighting | None = None, prediction_type: str = "epsilon") -> None:
+        _check_prediction_type(prediction_type)
+        self.scheduler = make_training_scheduler() if scheduler is None else scheduler
+        self.timesteps = timesteps or uniform_timesteps(int(self.scheduler.config.num_train_timesteps))
+        self.weighting = weighting or uniform_weighting()
+        self.prediction_type = prediction_type
+
+    def __call__(self, denoise: Callable[[Tensor, Tensor], Tensor], x0: Tensor, generator: torch.Generator, *,
+                 noise_prior: Callable[[Tensor], Tensor] | None = None,
+                 noisy_input: NoisyInput | None = None) -> Tensor:
+        n = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+        noise = noise_prior(n) if noise_prior is not None else n
+        t = self.timesteps(len(x0), generator).to(x0.device)
+        if noisy_input is None:
+            z_t, eps = add_noise(x0, noise, t, self.scheduler), noise
+        else:
+            z_t, eps = noisy_input(x0, noise, t)
+        pred = denoise(z_t, t)
+        target = eps if self.prediction_type == "epsilon" else velocity(x0, eps, t, self.scheduler)
+        return (self.weighting(t) * per_sample_mse(pred, target)).mean()

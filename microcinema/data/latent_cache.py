@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -60,18 +61,24 @@ class LatentCache(Dataset):
 
     PER_ITEM = ("latent_mean", "latent_std", "text_states", "text_mask")
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], keys: list[str] | None = None) -> None:
         missing = [k for k in (*self.PER_ITEM, "uncond_states", "uncond_mask") if k not in tensors]
         if missing:
             raise MicroCinemaError(f"latent cache lacks {', '.join(missing)}; rebuild it (delete the cache file)")
         self.tensors = tensors
         self.uncond_states, self.uncond_mask = tensors["uncond_states"], tensors["uncond_mask"]
+        if keys is not None and len(keys) != len(tensors["latent_mean"]):
+            raise MicroCinemaError(f"latent cache has {len(tensors['latent_mean'])} items but {len(keys)} keys")
+        self.keys = keys
 
     def __len__(self) -> int:
         return len(self.tensors["latent_mean"])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {k: self.tensors[k][index] for k in self.PER_ITEM}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {k: self.tensors[k][index] for k in self.PER_ITEM}
+        if self.keys is not None:  # the sample's key (real data): the trainer records which samples it saw
+            item["key"] = self.keys[index]
+        return item
 
     @classmethod
     def build_or_load(cls, path: str | Path, build: Callable[[], dict[str, torch.Tensor]],
@@ -92,3 +99,102 @@ class LatentCache(Dataset):
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"fingerprint": key})
         os.replace(tmp, path)
         return cls(tensors)
+
+
+# ----------------------------------------------------------------------------------- chunked, resumable
+
+CHUNK_PREFIX = "chunk_"
+FINGERPRINT_FILE = "fingerprint.json"
+DONE_FILE = "done.json"
+
+
+def _chunks(root: Path) -> list[Path]:
+    found = sorted(p for p in root.glob(f"{CHUNK_PREFIX}*.safetensors") if p.stem[len(CHUNK_PREFIX):].isdigit())
+    complete = []
+    for i, p in enumerate(found):  # consecutive from 0: a gap means a later chunk is stale
+        if int(p.stem[len(CHUNK_PREFIX):]) != i:
+            break
+        complete.append(p)
+    return complete
+
+
+def build_chunked_cache(root: str | Path, samples: Callable[[int], Iterator[tuple[int, Any]]],
+                        encode: Callable[[list[dict]], dict[str, torch.Tensor]], fingerprint: dict[str, Any], *,
+                        chunk_size: int = 256, limit: int | None = None, progress: bool = True) -> "LatentCache":
+    """A :class:`LatentCache` written in chunks under ``root``, resumable.
+
+    ``samples(start)`` yields ``(position, item)`` pairs of this process's stream from position ``start`` on
+    (``item`` None for a sample that cannot be used, dicts with ``pixel_values``, ``text``, ``key`` else).
+    Every ``chunk_size`` usable items are encoded (``encode(items)``, see :func:`encode_dataset`) and saved
+    atomically as ``chunk_NNNNNN.safetensors`` with the keys and the position to continue from. A restarted
+    build keeps the complete chunks and continues after the last one (the stream is skipped to that position
+    without decoding); a different ``fingerprint`` (data, encoders) deletes the chunks and starts again.
+    ``limit``: stop after that many items. ``done.json`` marks a finished cache.
+    """
+    from safetensors import safe_open
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    key = json.dumps(fingerprint, sort_keys=True, default=str)
+    stamp = root / FINGERPRINT_FILE
+    if not stamp.is_file() or stamp.read_text() != key:
+        for p in [*root.glob(f"{CHUNK_PREFIX}*"), root / DONE_FILE, stamp]:
+            p.unlink(missing_ok=True)
+        stamp.write_text(key)
+    chunks = _chunks(root)
+    if not (root / DONE_FILE).is_file():
+        start, count = 0, 0
+        if chunks:
+            with safe_open(str(chunks[-1]), "pt") as f:
+                meta = f.metadata()
+            start, count = int(meta["next_position"]), int(meta["count"])
+        pending: list[dict] = []
+
+        def flush(next_position: int) -> None:
+            nonlocal count
+            tensors = encode(pending)
+            count += len(pending)
+            path = root / f"{CHUNK_PREFIX}{len(chunks):06d}.safetensors"
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={
+                "fingerprint": key, "next_position": str(next_position), "count": str(count),
+                "keys": json.dumps([str(i.get("key", "")) for i in pending])})
+            os.replace(tmp, path)
+            chunks.append(path)
+            pending.clear()
+
+        bar = tqdm(desc=f"encoding {root.name}", unit="clip", initial=count, disable=not progress)
+        next_position = start
+        for position, item in samples(start):
+            if limit is not None and count + len(pending) >= limit:
+                break
+            next_position = position + 1
+            if item is not None:
+                pending.append(item)
+                bar.update(1)
+            if len(pending) == chunk_size:
+                flush(next_position)
+        if pending:
+            flush(next_position)
+        bar.close()
+        if not chunks:
+            raise MicroCinemaError(f"no usable sample for the latent cache {root}; check the data section")
+        (root / DONE_FILE).write_text(json.dumps({"chunks": len(chunks), "items": count}))
+    return load_chunked_cache(root)
+
+
+
+def load_chunked_cache(root: str | Path) -> "LatentCache":
+    """The chunks of a finished :func:`build_chunked_cache`, concatenated."""
+    from safetensors import safe_open
+
+    parts, keys = [], []
+    for path in _chunks(Path(root)):
+        with safe_open(str(path), "pt") as f:
+            keys += json.loads(f.metadata()["keys"])
+        parts.append(load_file(str(path)))
+    if not parts:
+        raise MicroCinemaError(f"latent cache {root} has no chunks; delete it to rebuild")
+    tensors = {k: torch.cat([p[k] for p in parts]) for k in LatentCache.PER_ITEM}
+    tensors["uncond_states"], tensors["uncond_mask"] = parts[0]["uncond_states"], parts[0]["uncond_mask"]
+    return LatentCache(tensors, keys=keys)

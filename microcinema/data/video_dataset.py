@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from microcinema.core.errors import MicroCinemaError
 from microcinema.core.video_io import probe_video, read_video
 
-__all__ = ["VideoCaptionDataset", "resize_center_crop", "load_caption_table", "LAYOUTS"]
+__all__ = ["VideoCaptionDataset", "ClipReader", "resize_center_crop", "load_caption_table", "LAYOUTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,71 @@ class _Skip(Exception):
 # --------------------------------------------------------------------------------------------- dataset
 
 
+class ClipReader:
+    """The window logic of :class:`VideoCaptionDataset` for one file: ``num_frames`` frames at ``fps``, resized and
+    centre-cropped to ``size``; where the window starts (``sample``) and what a too-short video does
+    (``too_short``) as there. A random start comes from ``numpy.random.default_rng(rng_key)``. Used by the
+    caption tables and by the WebDataset shards (:mod:`microcinema.data.webdataset`) alike."""
+
+    def __init__(self, num_frames: int, fps: float, size: int | Sequence[int], sample: str = "random",
+                 too_short: str = "skip") -> None:
+        self.num_frames, self.fps, self.size = int(num_frames), float(fps), _size_pair(size)
+        self.sample, self.too_short = sample, too_short
+
+    def window(self, rng_key: Sequence[int], num_src: int, src_fps: float) -> tuple[float, bool]:
+        """Window start (seconds, on a source frame) and whether the window fits in the video."""
+        # start frame j fits when its last sample j/src_fps + (F-1)/fps falls before the end num_src/src_fps
+        last_start = math.ceil(num_src - (self.num_frames - 1) * src_fps / self.fps - 1e-9) - 1
+        if last_start < 0:
+            return 0.0, False
+        if self.sample == "start":
+            j = 0
+        elif self.sample == "center":
+            j = last_start // 2
+        else:
+            j = int(np.random.default_rng(list(rng_key)).integers(0, last_start + 1))
+        return j / src_fps, True
+
+    def read(self, file: str | os.PathLike, text: str, rng_key: Sequence[int], row_fps: float | None = None
+             ) -> dict[str, object]:
+        """The clip of ``file`` as an item (see :class:`VideoCaptionDataset`); raises ``_Skip`` for a file that
+        cannot give one."""
+        file = Path(file)
+        if not file.is_file():
+            raise _Skip("missing", f"file not found: {file}")
+        try:
+            info = probe_video(file)
+        except MicroCinemaError as exc:
+            raise _Skip("corrupt", str(exc)) from exc
+        src_fps = row_fps or info.fps
+        if src_fps <= 0:
+            raise _Skip("corrupt", "unknown frame rate (give \"fps\" in a JSONL table)")
+        start, fits = self.window(rng_key, info.num_frames, src_fps)
+        if not fits and self.too_short == "skip":
+            need = (self.num_frames - 1) / self.fps
+            raise _Skip(
+                "too_short",
+                f"{info.num_frames} frames at {src_fps:g} fps; "
+                f"{self.num_frames} frames at {self.fps:g} fps need more than {need:g} s",
+            )
+        times = start + np.arange(self.num_frames) / self.fps
+        to_container = src_fps / info.fps  # row timeline -> container timeline (1 without an fps override)
+        try:
+            frames, stamps = read_video(file, times * to_container)
+        except MicroCinemaError as exc:
+            raise _Skip("corrupt", str(exc)) from exc
+        stamps = stamps / to_container
+        if fits and stamps[-1] < times[-1] - 1.5 / src_fps:
+            ends = f"video ends at {stamps[-1]:.3f} s, before the {info.num_frames} frames its header promises"
+            raise _Skip("corrupt", ends + " (truncated?)")
+        return {
+            "pixel_values": resize_center_crop(frames, self.size),
+            "text": text,
+            "file": str(file),
+            "frame_times": torch.from_numpy(stamps),
+        }
+
+
 class VideoCaptionDataset(Dataset):
     """Clips of ``num_frames`` frames sampled at ``fps`` from captioned videos.
 
@@ -243,6 +308,7 @@ class VideoCaptionDataset(Dataset):
         self.rows = load_caption_table(table, video_root, layout)
         self.num_frames, self.fps, self.size = int(num_frames), float(fps), _size_pair(size)
         self.sample, self.too_short, self.max_retries = sample, too_short, int(max_retries)
+        self.reader = ClipReader(num_frames, fps, size, sample, too_short)
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
         self.epoch = 0
         self.stats: Counter[str] = Counter()
@@ -283,53 +349,11 @@ class VideoCaptionDataset(Dataset):
 
     def _window(self, i: int, num_src: int, src_fps: float) -> tuple[float, bool]:
         """Window start (seconds, on a source frame) and whether the window fits in the video."""
-        # start frame j fits when its last sample j/src_fps + (F-1)/fps falls before the end num_src/src_fps
-        last_start = math.ceil(num_src - (self.num_frames - 1) * src_fps / self.fps - 1e-9) - 1
-        if last_start < 0:
-            return 0.0, False
-        if self.sample == "start":
-            j = 0
-        elif self.sample == "center":
-            j = last_start // 2
-        else:
-            j = int(np.random.default_rng([self.seed, i, self.epoch]).integers(0, last_start + 1))
-        return j / src_fps, True
+        return self.reader.window([self.seed, i, self.epoch], num_src, src_fps)
 
     def _load(self, i: int) -> dict[str, object]:
         row = self.rows[i]
-        if not row.file.is_file():
-            raise _Skip("missing", f"file not found: {row.file}")
-        try:
-            info = probe_video(row.file)
-        except MicroCinemaError as exc:
-            raise _Skip("corrupt", str(exc)) from exc
-        src_fps = row.fps or info.fps
-        if src_fps <= 0:
-            raise _Skip("corrupt", "unknown frame rate (give \"fps\" in a JSONL table)")
-        start, fits = self._window(i, info.num_frames, src_fps)
-        if not fits and self.too_short == "skip":
-            need = (self.num_frames - 1) / self.fps
-            raise _Skip(
-                "too_short",
-                f"{info.num_frames} frames at {src_fps:g} fps; "
-                f"{self.num_frames} frames at {self.fps:g} fps need more than {need:g} s",
-            )
-        times = start + np.arange(self.num_frames) / self.fps
-        to_container = src_fps / info.fps  # row timeline -> container timeline (1 without an fps override)
-        try:
-            frames, stamps = read_video(row.file, times * to_container)
-        except MicroCinemaError as exc:
-            raise _Skip("corrupt", str(exc)) from exc
-        stamps = stamps / to_container
-        if fits and stamps[-1] < times[-1] - 1.5 / src_fps:
-            ends = f"video ends at {stamps[-1]:.3f} s, before the {info.num_frames} frames its header promises"
-            raise _Skip("corrupt", ends + " (truncated?)")
-        return {
-            "pixel_values": resize_center_crop(frames, self.size),
-            "text": row.text,
-            "file": str(row.file),
-            "frame_times": torch.from_numpy(stamps),
-        }
+        return self.reader.read(row.file, row.text, [self.seed, i, self.epoch], row.fps)
 
     def __repr__(self) -> str:
         return (

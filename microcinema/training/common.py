@@ -21,6 +21,16 @@ from microcinema.training.trainer import TrainConfig
 from microcinema.embedded import CONFIG_DIR, WEIGHTS_DIR, embedded_path  # noqa: F401 (re-exported)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+REPO_DIR = PACKAGE_DIR.parent
+
+
+def repo_relative(path: str | os.PathLike | None) -> str | None:
+    """``path`` relative to the repository root when it lies inside it (so records do not hold a machine's
+    absolute paths), else as given."""
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_DIR)) if resolved.is_relative_to(REPO_DIR) else str(path)
 
 
 def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
@@ -54,6 +64,12 @@ def train_config(config: dict[str, Any], output_dir: str | os.PathLike, **overri
     section = {**config["train"], **{k: v for k, v in overrides.items() if v is not None}}
     if "adam_betas" in section:
         section["adam_betas"] = tuple(section["adam_betas"])
+    import dataclasses
+
+    from microcinema.training.config import check_keys
+
+    check_keys(section, [f.name for f in dataclasses.fields(TrainConfig) if f.name != "output_dir"], "train",
+               config.get("_path"))
     try:
         return TrainConfig(output_dir=str(output_dir), **section)
     except TypeError as error:
@@ -67,12 +83,33 @@ def build_latent_cache(config: dict[str, Any], output_dir: str | os.PathLike, va
     from microcinema.data.latent_cache import LatentCache, encode_dataset
     from microcinema.core.text_encoders import load_text_encoder
 
-    name = config.get("text_encoder", "minilm")
-    fingerprint = {"data": config["data"], "vae": config.get("vae"), "vae_config": dict(vae.config),
+    name = config.get("text_encoder") or "minilm"
+    data = {k: v for k, v in config["data"].items() if k != "type"}  # procedural: as before the data types
+    fingerprint = {"data": data, "vae": config.get("vae"), "vae_config": dict(vae.config),
                    "text_encoder": name, "kind": kind}
-    return LatentCache.build_or_load(
-        Path(output_dir) / "latents.safetensors",
-        lambda: encode_dataset(dataset, vae, load_text_encoder(name, cache_size=0), batch_size=batch_size), fingerprint)
+    from microcinema.data.build import process_state
+
+    with process_state().main_process_first():  # one process encodes, the others load its file
+        return LatentCache.build_or_load(
+            Path(output_dir) / "latents.safetensors",
+            lambda: encode_dataset(dataset, vae, load_text_encoder(name, cache_size=0), batch_size=batch_size),
+            fingerprint)
+
+
+def build_task_cache(config: dict[str, Any], data: Any, output_dir: str | os.PathLike, vae: Any, text_encoder: str,
+                     kind: str, procedural: Any, batch_size: int = 64) -> tuple[Any, bool]:
+    """A diffusion task's latent cache and whether it is this process's own share (real data, split across
+    processes: ``Trainer(local_data=True)``). ``procedural()`` builds the procedural data set
+    (:mod:`microcinema.data.build` explains both paths)."""
+    if data.type == "procedural":
+        return build_latent_cache({**config, "text_encoder": text_encoder}, output_dir, vae, procedural(), kind,
+                                  batch_size), False
+    from microcinema.core.text_encoders import load_text_encoder
+    from microcinema.data.build import build_real_cache
+
+    fingerprint = {"vae": config.get("vae"), "vae_config": dict(vae.config), "text_encoder": text_encoder}
+    return build_real_cache(data, kind, output_dir, vae, load_text_encoder(text_encoder, cache_size=0), fingerprint,
+                            batch_size=batch_size), True
 
 
 
@@ -104,7 +141,7 @@ def provenance(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
         commit = None
     command = config.get("_command") or " ".join(["python", *sys.argv])
     return {"command": command, "config": {k: v for k, v in config.items()
-            if not k.startswith("_")}, "config_file": config.get("_path"), "git_commit": commit,
+            if not k.startswith("_")}, "config_file": repo_relative(config.get("_path")), "git_commit": commit,
             "torch": torch.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
 
 
@@ -114,3 +151,90 @@ def write_evaluation(export_dir: str | os.PathLike, evaluation: dict[str, Any]) 
     record = json.loads(path.read_text()) if path.exists() else {}
     record["evaluation"] = {**record.get("evaluation", {}), **evaluation}
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+# ------------------------------------------------------------------------------ diffusion-task components
+
+
+def is_pipeline_folder(path: str | os.PathLike | None) -> bool:
+    """A diffusers pipeline folder (SD layout: ``unet/``, ``vae/``, ``text_encoder/``, ``scheduler/``)."""
+    return path is not None and path != "embedded" and (
+        (Path(path) / "model_index.json").is_file() or (Path(path) / "unet" / "config.json").is_file())
+
+
+def load_vae(name_or_path: str | None) -> Any:
+    """The frozen VAE: ``embedded`` (the tiny family's), an ``AutoencoderKL`` folder, or a pipeline folder
+    (its ``vae/``)."""
+    from diffusers import AutoencoderKL
+
+    name_or_path = name_or_path or "embedded"
+    path = embedded_path("vae") if name_or_path == "embedded" else Path(name_or_path)
+    subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
+    try:
+        vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder, torch_dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise MicroCinemaError(f"cannot load a VAE from {str(name_or_path)!r}: {str(error).splitlines()[0]} "
+                               "(expected 'embedded', an AutoencoderKL folder or a pipeline folder with vae/)") from None
+    return vae.eval().requires_grad_(False)
+
+
+def training_scheduler(init_from: str | None) -> Any:
+    """The DDPM training schedule: an SD pipeline folder's own (``scheduler/scheduler_config.json``: its betas
+    and ``prediction_type``), else SD's (:func:`~microcinema.core.diffusion.make_training_scheduler`)."""
+    from diffusers import DDPMScheduler
+
+    from microcinema.core.diffusion import make_training_scheduler
+
+    config_file = Path(init_from) / "scheduler" / "scheduler_config.json" if is_pipeline_folder(init_from) else None
+    if config_file is None or not config_file.is_file():
+        return make_training_scheduler()
+    settings = json.loads(config_file.read_text())
+    keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+            "timestep_spacing", "rescale_betas_zero_snr")
+    return DDPMScheduler.from_config({**{k: v for k, v in settings.items() if k in keep}, "clip_sample": False})
+
+
+def resolve_components(config: dict[str, Any], init_from: str | None) -> dict[str, Any]:
+    """The names of the frozen VAE and text encoder: the config's, else the init model's when it is a
+    pipeline folder (an SD checkpoint brings its own), else the tiny family's (``embedded``, ``minilm``)."""
+    sd = is_pipeline_folder(init_from)
+    return {"vae": config.get("vae") or (str(init_from) if sd else "embedded"),
+            "text_encoder": config.get("text_encoder") or (str(init_from) if sd else "minilm")}
+
+
+def write_components(output_dir: str | os.PathLike, components: dict[str, Any], scheduler: Any,
+                     prediction_type: str) -> Path:
+    """``output_dir/components.json`` and ``output_dir/scheduler/``: what the trained ``final/`` U-Net needs to
+    become a pipeline (its VAE, text encoder, training schedule and prediction type)."""
+    out = Path(output_dir)
+    scheduler.register_to_config(prediction_type=prediction_type)
+    scheduler.save_pretrained(out / "scheduler")
+    record = {"unet": "final", **{k: repo_relative(v) if Path(str(v)).exists() else v for k, v in components.items()},
+              "scheduler": "scheduler", "prediction_type": prediction_type}
+    (out / "components.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out / "components.json"
+
+
+def check_model(constructor: Any, model: dict[str, Any], path: Any = None) -> None:
+    """The ``model:`` section's keys must be arguments of ``constructor`` (one-line error naming the stray key)."""
+    from microcinema.training.config import check_model_section
+
+    check_model_section(constructor, model, path)
+
+
+def check_sections(config: dict[str, Any], sections: dict[str, list[str] | None], model: Any = None) -> None:
+    """Strict check of a non-diffusion task's config (vae, classifier): only ``sections`` at the top level,
+    only the listed keys in each (``None``: checked elsewhere), the ``model:`` keys against ``model``'s
+    constructor, and ``data: type`` (when given) ``procedural``."""
+    from microcinema.training.config import check_keys, check_model_section
+
+    path = config.get("_path")
+    check_keys({k: v for k, v in config.items() if not k.startswith("_")}, list(sections), "top level", path)
+    for name, keys in sections.items():
+        if keys is not None and name in config:
+            check_keys(config[name], keys, name, path)
+    if config.get("data", {}).get("type", "procedural") != "procedural":
+        raise MicroCinemaError(f"config {path}: this task trains on the procedural domain only; data type must be "
+                               f"'procedural', got {config['data']['type']!r}")
+    if model is not None:
+        check_model_section(model, config.get("model") or {}, path)

@@ -37,6 +37,24 @@ step has to be restored to get the same randomness:
   the previous log line). On resume, lines past the resumed step (and a line cut by the kill) are dropped,
   so the log stays monotone with no duplicates.
 
+Data split across processes
+---------------------------
+By default every process holds the same map-style data set and keeps its slice of each global batch. With
+``Trainer(..., local_data=True)`` each process holds *its own* data set instead (real videos: every process
+encodes its own caption-table rows or WebDataset shards into its own latent cache, see
+:mod:`microcinema.data.build`): epoch ``e`` of process ``r`` visits its data in the permutation drawn from
+``(seed, e, r)``, and an epoch has as many batches as the smallest process's data set holds, so all processes
+step together. Streaming shards always go through that per-process cache (encoding is the expensive part of
+a step on real video; a map-style cache keeps the exact-resume logic above unchanged), so the trainer never
+iterates an ``IterableDataset``.
+
+Samples seen
+------------
+When a batch is a dict with a ``"key"`` list (the latent caches of real data give the sample keys), each
+process records the keys of the samples it trained on in ``output_dir/samples_seen/rank_<r>.json``
+(``{"rank", "num_processes", "keys", "draws"}``, written at every checkpoint and at the end; kept across
+resumes): to check what each process trained on, e.g. that the shards were split.
+
 Resuming with a different seed, batch size, accumulation or process count still works but is no longer
 exact (a warning says so). Raising ``max_steps`` and resuming continues a finished run (the cosine and
 linear schedules then stretch to the new length).
@@ -392,6 +410,7 @@ class Trainer:
             go into a default group at ``config.learning_rate``.
         collate_fn: passed to the ``DataLoader``.
         trainable: optional ``trainable(name, param) -> bool``; sets ``requires_grad`` of every parameter.
+        local_data: ``dataset`` is this process's own share of the data (see "Data split across processes").
     """
 
     def __init__(
@@ -404,6 +423,7 @@ class Trainer:
         param_groups: list[dict] | None = None,
         collate_fn: Callable | None = None,
         trainable: Callable[[str, nn.Parameter], bool] | None = None,
+        local_data: bool = False,
     ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
@@ -427,13 +447,26 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters)],
         )
         world = self.accelerator.num_processes
+        self.local_data = local_data
         self.samples_per_epoch = len(dataset)  # type: ignore[arg-type]
-        self.batches_per_epoch = self.samples_per_epoch // (config.batch_size * world)
-        check(
-            self.batches_per_epoch > 0,
-            f"data set of {self.samples_per_epoch} items is smaller than one global batch "
-            f"(batch_size {config.batch_size} x {world} processes)",
-        )
+        if local_data:
+            sizes = self.accelerator.gather(torch.tensor([self.samples_per_epoch], device=self.accelerator.device))
+            smallest = int(sizes.min())
+            self.batches_per_epoch = smallest // config.batch_size
+            check(
+                self.batches_per_epoch > 0,
+                f"the smallest process's data set ({smallest} items) is smaller than one batch "
+                f"(batch_size {config.batch_size})",
+            )
+        else:
+            self.batches_per_epoch = self.samples_per_epoch // (config.batch_size * world)
+            check(
+                self.batches_per_epoch > 0,
+                f"data set of {self.samples_per_epoch} items is smaller than one global batch "
+                f"(batch_size {config.batch_size} x {world} processes)",
+            )
+        self.seen_keys: set[str] = set()
+        self.seen_draws = 0
 
         groups = self._build_param_groups(model, param_groups)
         optimizer = torch.optim.AdamW(
@@ -503,11 +536,17 @@ class Trainer:
         from accelerate.utils import send_to_device
 
         epoch, start = divmod(start_micro, self.batches_per_epoch)
+        rank = self.accelerator.process_index
         while True:
-            sampler = _EpochBatches(
-                self.samples_per_epoch, self.config.batch_size, self.config.seed, epoch, start,
-                self.accelerator.process_index, self.accelerator.num_processes,
-            )
+            if self.local_data:  # this process's own data: its own permutation, no slicing
+                sampler = _EpochBatches(self.samples_per_epoch, self.config.batch_size,
+                                        _derive_seed(self.config.seed, rank, 0x10CA1), epoch, start, 0, 1)
+                sampler.perm = sampler.perm[: self.batches_per_epoch * self.config.batch_size]
+            else:
+                sampler = _EpochBatches(
+                    self.samples_per_epoch, self.config.batch_size, self.config.seed, epoch, start,
+                    rank, self.accelerator.num_processes,
+                )
             loader = DataLoader(
                 self.dataset, batch_sampler=sampler, collate_fn=self.collate_fn,
                 num_workers=self.config.num_workers,
@@ -517,6 +556,34 @@ class Trainer:
             for batch in loader:
                 yield send_to_device(batch, self.accelerator.device)
             epoch, start = epoch + 1, 0
+
+    def _record_keys(self, batch: Any) -> None:
+        if isinstance(batch, dict) and isinstance(batch.get("key"), (list, tuple)):
+            self.seen_keys.update(str(k) for k in batch["key"])
+            self.seen_draws += len(batch["key"])
+
+    def _seen_path(self) -> Path:
+        return self.output_dir / "samples_seen" / f"rank_{self.accelerator.process_index:03d}.json"
+
+    def _load_seen(self) -> None:
+        path = self._seen_path()
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+                self.seen_keys, self.seen_draws = set(record["keys"]), int(record["draws"])
+            except (ValueError, KeyError):
+                pass
+
+    def _write_seen(self) -> None:
+        if not self.seen_keys:
+            return
+        path = self._seen_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(TMP_PREFIX + path.name)
+        tmp.write_text(json.dumps({"rank": self.accelerator.process_index,
+                                   "num_processes": self.accelerator.num_processes,
+                                   "keys": sorted(self.seen_keys), "draws": self.seen_draws}, indent=1))
+        os.replace(tmp, path)
 
     def _compute_loss(self, batch: Any, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.loss_fn(self.model, batch, generator)
@@ -649,6 +716,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         resumed_from = self._resume()
+        self._load_seen()
         accum = cfg.gradient_accumulation_steps
         batches = self._batches(self.global_step * accum)
         self.model.train()
@@ -663,6 +731,7 @@ class Trainer:
             for micro in range(accum):
                 generator = self._step_generator(step, micro)
                 batch = next(batches)
+                self._record_keys(batch)
                 sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
                 with sync:
                     loss, extras = self._compute_loss(batch, generator)
@@ -687,7 +756,9 @@ class Trainer:
             bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{lr:.3g}")
             if self.global_step % cfg.checkpoint_every == 0 or self.global_step == cfg.max_steps:
                 self.save_checkpoint()
+                self._write_seen()
         bar.close()
+        self._write_seen()
         acc.wait_for_everyone()
         final = self._export_final()
         acc.wait_for_everyone()

@@ -89,7 +89,7 @@ def hide_motion_at_high_noise(z0: Tensor, condition: Tensor, noise: Tensor, time
 
 def replace_signal_at_high_noise(z0: Tensor, replacement: Tensor | None, noise: Tensor, timesteps: Tensor,
                                  start: int | None, scheduler: object = None) -> tuple[Tensor, Tensor]:
-    """The core of :func:`hide_motion_at_high_noise` and :func:`hide_layout_at_high_noise`: for ``t >= start``
+    """The core of :func:`hide_motion_at_high_noise`: for ``t >= start``
     the signal in ``z_t`` is ``replacement`` (broadcastable to ``z0``) instead of ``z0``, and the epsilon target
     is the noise that takes that input to ``z0`` (``eps + sqrt(abar / (1 - abar)) (replacement - z0)``), so a
     perfect prediction still implies ``z0``. Below ``start`` (everywhere when ``start`` is None) it is the
@@ -103,18 +103,3 @@ def replace_signal_at_high_noise(z0: Tensor, replacement: Tensor | None, noise: 
     z_t = a * torch.where(hide, replacement, z0) + b * noise
     target = torch.where(hide, noise + (a / b) * (replacement - z0), noise)
     return z_t, target
-
-
-def hide_layout_at_high_noise(z0: Tensor, noise: Tensor, timesteps: Tensor, start: int | None,
-                              scheduler: object = None) -> tuple[Tensor, Tensor]:
-    """Text-to-image twin of :func:`hide_motion_at_high_noise`: for ``t >= start`` the signal in ``z_t`` is the
-    latent's spatial mean per channel (its colours, no layout) instead of the image ``z0`` ``(B, C, h, w)``;
-    the target keeps the implied clean sample at ``z0``.
-
-    Why: at ``t = 800-999`` SD's schedule leaves ``0.2-0.07 z0`` in the training input, enough to read where
-    the object is and which glyph it has; sampling starts from pure noise, which has neither, so what a model
-    learned to read from that leak it reads from noise. With the layout hidden, the text is the only source of
-    the glyph at those noise levels, as zero-terminal-SNR schedules (Lin et al. 2024) would make it.
-    """
-    replacement = z0.mean(dim=(-2, -1), keepdim=True) if start is not None else None
-    return replace_signal_at_high_noise(z0, replacement, noise, timesteps, start, scheduler)

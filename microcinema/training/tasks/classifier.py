@@ -22,7 +22,7 @@ from microcinema.data.synthetic_dataset import SyntheticVideoDataset
 from microcinema.core.errors import check
 from microcinema.eval.domain_classifier import HEAD_CLASSES, DomainVideoClassifier, collate_clips, domain_accuracy
 from microcinema.training.trainer import Trainer
-from microcinema.training.common import export_fp16, provenance, require_sections, train_config, write_evaluation
+from microcinema.training.common import check_sections, export_fp16, provenance, require_sections, train_config, write_evaluation
 
 
 def _loss(model: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -44,6 +44,8 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
           **overrides: Any) -> dict[str, Any]:
     """Train, evaluate per-head accuracy; export fp16 weights (with ``training.json``) when ``export`` is given."""
     require_sections(config, "model", "data")
+    check_sections(config, {"model": None, "data": ["type", "num", "seed", "num_frames", "fps", "size"],
+                            "eval": ["num", "heldout_seed", "train_seed"], "train": None}, model=DomainVideoClassifier)
     train_settings = train_config(config, output_dir, **overrides)  # validated before any work
     started = time.time()
     data = config["data"]

@@ -1,12 +1,12 @@
-"""Train the embedded tiny text-to-image U-Net (MicroCinema stage one) on procedural key frames.
+"""Train the embedded tiny text-to-image U-Net (MicroCinema stage one) on key frames.
 
 Standard latent diffusion (SD's schedule, epsilon prediction, DESIGN.md section 3): key frames and
-captions are encoded once (:mod:`microcinema.data.latent_cache`), then the U-Net learns
-``|| eps - unet(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t, text) ||^2`` with 10 % of the captions replaced
-by the empty prompt, for classifier-free guidance. Options (``loss:`` in the config): ``min_snr_gamma``
-weights the steps by Min-SNR (:func:`~microcinema.core.diffusion.min_snr_weights`); ``max_x0_weight`` weights the
-high noise levels as an x0-loss up to that factor (:func:`~microcinema.core.diffusion.x0_loss_weights`); ``data: digit_weight`` draws
-the digits more often than the domain does (:func:`~microcinema.data.synthetic.sample_clip`).
+captions are encoded once (:mod:`microcinema.data.latent_cache`), then the U-Net learns the shared
+:class:`~microcinema.core.diffusion.DiffusionLoss` (uniform timesteps, plain loss) with 10 % of the captions
+replaced by the empty prompt, for classifier-free guidance. Data (``data:`` with a ``type``,
+:mod:`microcinema.training.config`): the procedural domain's key frames (``digit_weight`` draws the digits
+more often than the domain does, :func:`~microcinema.data.synthetic.sample_clip`), or real videos (a caption
+table or WebDataset shards), one key frame per video: its centre frame.
 """
 
 from __future__ import annotations
@@ -19,19 +19,16 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
+from microcinema.core.diffusion import DiffusionLoss, make_training_scheduler, prediction_type_of
 from microcinema.data.latent_cache import LatentCache
 from microcinema.data.synthetic import DIGIT_WEIGHT
 from microcinema.data.synthetic_dataset import SyntheticKeyFrameDataset
-from microcinema.core.diffusion import (make_training_scheduler, min_snr_weights, per_sample_mse, random_timesteps,
-                         x0_loss_weights)
-from microcinema.systems.microcinema.noise_prior import hide_layout_at_high_noise
+from microcinema.training.common import (build_task_cache, check_model, export_fp16, load_vae, provenance,
+                                         resolve_components, train_config, write_components)
+from microcinema.training.config import parse_diffusion_config
 from microcinema.training.trainer import Trainer, condition_dropout_mask
-from microcinema.training.common import build_latent_cache, embedded_path, require_sections, export_fp16, provenance, train_config
 
-
-def load_vae(name_or_path: str) -> AutoencoderKL:
-    path = embedded_path("vae") if name_or_path == "embedded" else Path(name_or_path)
-    return AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32).eval().requires_grad_(False)
+__all__ = ["load_vae", "text_conditioning", "sample_latents", "make_loss", "build_cache", "train"]
 
 
 def text_conditioning(batch: dict, cache: LatentCache, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,49 +54,58 @@ def sample_latents(batch: dict, scaling_factor: float, generator: torch.Generato
 
 
 def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: float, latents: str = "mode",
-              min_snr_gamma: float | None = None, max_x0_weight: float = 1.0, hide_layout_from: int | None = None):
-    scheduler = make_training_scheduler()
+              loss: DiffusionLoss | None = None):
+    """``loss_fn(model, batch, generator)`` for the trainer: the shared :class:`DiffusionLoss` (default: SD's
+    schedule, uniform timesteps, epsilon target) on the cached latents, captions dropped with probability
+    ``condition_dropout``. Draws: the latent (``latents="sample"`` only), the noise, the timesteps, the
+    dropout mask."""
+    loss = loss or DiffusionLoss(make_training_scheduler())
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
         z0 = sample_latents(batch, scaling_factor, generator, mode=latents == "mode")
-        noise = torch.randn(z0.shape, generator=generator, device=generator.device).to(z0.device)
-        t = random_timesteps(len(z0), generator=generator).to(z0.device)
-        drop = condition_dropout_mask(len(z0), condition_dropout, generator)
-        states, mask = text_conditioning(batch, cache, drop)
-        z_t, target = hide_layout_at_high_noise(z0, noise, t, hide_layout_from, scheduler)  # None: forward process
-        eps = model(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
-        weights = x0_loss_weights(t, max_x0_weight, scheduler)  # 1 everywhere unless max_x0_weight > 1
-        if min_snr_gamma is not None:
-            weights = weights * min_snr_weights(t, min_snr_gamma, scheduler)
-        return (weights * per_sample_mse(eps, target)).mean()
+
+        def denoise(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            states, mask = text_conditioning(batch, cache, condition_dropout_mask(len(z0), condition_dropout, generator))
+            return model(z_t, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+
+        return loss(denoise, z0, generator)
 
     return loss_fn
 
 
-def build_cache(config: dict[str, Any], output_dir: str | Path, vae: AutoencoderKL) -> LatentCache:
-    data = config["data"]
-    dataset = SyntheticKeyFrameDataset(data["num"], seed=data["seed"], size=data["size"],
-                                       digit_weight=data.get("digit_weight", DIGIT_WEIGHT))
-    return build_latent_cache(config, output_dir, vae, dataset, "keyframes")
+def build_cache(config: dict[str, Any], output_dir: str | Path, vae: AutoencoderKL, text_encoder: str = "minilm"
+                ) -> tuple[LatentCache, bool]:
+    """The key frames' latent cache and whether it is this process's own share (real data)."""
+    data = parse_diffusion_config(config, "t2i").data
+
+    def procedural() -> SyntheticKeyFrameDataset:
+        weight = DIGIT_WEIGHT if data.digit_weight is None else data.digit_weight
+        return SyntheticKeyFrameDataset(data.num, seed=data.seed, size=data.size, digit_weight=weight)
+
+    return build_task_cache(config, data, output_dir, vae, text_encoder, "keyframes", procedural)
 
 
 def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
           **overrides: Any) -> dict[str, Any]:
-    require_sections(config, "model", "data", "loss")
-    train_settings = train_config(config, output_dir, **overrides)  # validated before any work
+    parsed = parse_diffusion_config(config, "t2i")  # strict: every section checked before any work
+    check_model(UNet2DConditionModel, parsed.model, parsed.path)
+    train_settings = train_config(config, output_dir, **overrides)
     started = time.time()
-    vae = load_vae(config.get("vae", "embedded"))
-    cache = build_cache(config, output_dir, vae)
-    unet = UNet2DConditionModel(**config["model"])
-    loss_fn = make_loss(cache, vae.config.scaling_factor, config["loss"]["condition_dropout"],
-                        latents=config["loss"].get("latents", "mode"),
-                        min_snr_gamma=config["loss"].get("min_snr_gamma"),
-                        max_x0_weight=config["loss"].get("max_x0_weight", 1.0),
-                        hide_layout_from=config["loss"].get("hide_layout_from"))
-    result = Trainer(unet, cache, loss_fn, train_settings).train()
+    components = resolve_components(config, None)
+    vae = load_vae(components["vae"])
+    cache, local = build_cache(config, output_dir, vae, components["text_encoder"])
+    unet = UNet2DConditionModel(**parsed.model)
+    scheduler = make_training_scheduler()
+    prediction_type = parsed.loss.prediction_type or prediction_type_of(dict(scheduler.config))
+    loss_fn = make_loss(cache, vae.config.scaling_factor, parsed.loss.condition_dropout, latents=parsed.loss.latents,
+                        loss=DiffusionLoss(scheduler, prediction_type=prediction_type))
+    trainer = Trainer(unet, cache, loss_fn, train_settings, local_data=local)
+    result = trainer.train()
+    if trainer.accelerator.is_main_process:
+        write_components(output_dir, components, scheduler, prediction_type)
     report = {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
               "final_loss": result.last_loss, "params": sum(p.numel() for p in unet.parameters())}
-    if export:
+    if export and trainer.accelerator.is_main_process:
         unet = UNet2DConditionModel.from_pretrained(result.final_dir)
         export_fp16(unet, export, provenance(config, evaluation=report))
     return report

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from microcinema.data.synthetic_dataset import SyntheticKeyFrameDataset
 from microcinema.training.trainer import Trainer
-from microcinema.training.common import require_sections, export_fp16, provenance, train_config, write_evaluation
+from microcinema.training.common import check_sections, require_sections, export_fp16, provenance, train_config, write_evaluation
 
 
 class VAEWithLoss(nn.Module):
@@ -76,6 +76,8 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
           **overrides: Any) -> dict[str, Any]:
     """Train, set the scaling factor, evaluate; export fp16 weights when ``export`` is given."""
     require_sections(config, "model", "data", "loss")
+    check_sections(config, {"model": None, "loss": ["kl_weight"], "data": ["type", "num", "seed", "size"],
+                            "eval": ["num", "seed"], "train": None}, model=AutoencoderKL)
     train_settings = train_config(config, output_dir, **overrides)  # validated before any work
     started = time.time()
     vae = AutoencoderKL(**config["model"])

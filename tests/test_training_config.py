@@ -1,0 +1,90 @@
+"""Strict typed training configs (training/config.py): a stray key anywhere is a one-line error naming it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from microcinema.cli import main
+from microcinema.core.errors import MicroCinemaError
+from microcinema.training.common import load_config
+from microcinema.training.config import (CaptionsData, ProceduralData, VideoLoss, WebDatasetData,
+                                         parse_diffusion_config)
+
+
+def _with(config: dict, section: str | None, key: str, value) -> dict:
+    config = copy.deepcopy(config)
+    (config if section is None else config[section])[key] = value
+    return config
+
+
+@pytest.mark.parametrize("task, section, key", [
+    ("video", "loss", "hide_motion_form"),
+    ("video", "data", "nmu"),
+    ("video", None, "init_form"),
+    ("t2i", "loss", "max_x0_weight"),       # a loss option no shipped text-to-image model uses: gone
+    ("t2i", "loss", "min_snr_gamma"),
+    ("t2i", None, "phases_"),
+])
+def test_unknown_keys_name_the_key_the_section_and_the_allowed_keys(task, section, key):
+    config = _with(load_config(task), section, key, 1)
+    with pytest.raises(MicroCinemaError) as info:
+        parse_diffusion_config(config, task)
+    message = str(info.value)
+    where = "top level" if section is None else section
+    assert f"unknown key {key!r} in section '{where}'" in message and "allowed:" in message
+    assert "\n" not in message
+
+
+def test_phase_sections_are_strict_too():
+    config = load_config("video")
+    config["phases"][1]["loss"]["hide_motion_form"] = 900
+    with pytest.raises(MicroCinemaError, match=r"unknown key 'hide_motion_form' in section 'phases\[1\].loss'"):
+        parse_diffusion_config(config, "video")
+    config = load_config("video")
+    config["phases"][0]["lr"] = 1
+    with pytest.raises(MicroCinemaError, match=r"unknown key 'lr' in section 'phases\[0\]'; allowed: name, model"):
+        parse_diffusion_config(config, "video")
+
+
+def test_shipped_configs_parse_into_typed_sections():
+    video = parse_diffusion_config(load_config("video"), "video")
+    assert isinstance(video.loss, VideoLoss) and video.loss.spatial_lr_scale == 0.1
+    assert isinstance(video.data, ProceduralData) and video.data.num_frames == 9
+    assert [p.name for p in video.phases][-1] == "appearance_attention"
+    t2i = parse_diffusion_config(load_config("t2i"), "t2i")
+    assert t2i.loss.condition_dropout == 0.1 and t2i.data.size == 64
+
+
+def test_data_types_and_their_keys(tmp_path):
+    base = load_config("video")
+    shards = {"type": "webdataset", "shards": "x/{000..003}.tar", "num_frames": 5, "fps": 8, "size": [32, 48]}
+    assert isinstance(parse_diffusion_config(_with(base, None, "data", shards), "video").data, WebDatasetData)
+    table = {"type": "captions", "table": "t.csv", "video_root": "v", "sample": "center", "too_short": "pad"}
+    assert isinstance(parse_diffusion_config(_with(base, None, "data", table), "video").data, CaptionsData)
+    with pytest.raises(MicroCinemaError, match="unknown data type 'hdf5'; allowed: procedural, captions, webdataset"):
+        parse_diffusion_config(_with(base, None, "data", {"type": "hdf5"}), "video")
+    with pytest.raises(MicroCinemaError, match="sample must be one of"):
+        parse_diffusion_config(_with(base, None, "data", {**table, "sample": "middle"}), "video")
+    with pytest.raises(MicroCinemaError, match=r"section 'data \(type procedural\)' lacks num"):
+        parse_diffusion_config(_with(base, None, "data", {"type": "procedural", "seed": 1}), "video")
+    with pytest.raises(MicroCinemaError, match="unknown key 'shards' in section 'data \\(type captions\\)'"):
+        parse_diffusion_config(_with(base, None, "data", {**table, "shards": "a.tar"}), "video")
+
+
+@pytest.mark.parametrize("task, section, key", [("video", "model", "injektion"), ("t2i", "model", "block_out"),
+                                                ("vae", "loss", "kl"), ("vae", "model", "latent_chanels"),
+                                                ("classifier", "eval", "heldout"), ("vae", "train", "batchsize")])
+def test_the_cli_reports_a_typo_in_one_line_before_any_work(tmp_path, capsys, task, section, key):
+    config = load_config(task)
+    config.pop("_path")
+    config.pop("phases", None)
+    config[section][key] = 1
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", task, "--config", str(path), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown key {key!r} in section '{section}'" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # nothing was done
