@@ -313,19 +313,22 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     pipeline = (MicroCinemaPipeline.embedded(key_frame_model=args.key_frame_model) if args.model is None
                 else MicroCinemaPipeline.from_pretrained(args.model, key_frame_model=args.key_frame_model))
     pipeline.check_num_frames(args.frames)
+    # latents, then this project's uint8 rounding (pipeline.decode_to_uint8): the same files as before the
+    # pipeline became a diffusers one (whose "np" output is floats in [0, 1])
     out = pipeline(args.prompt, image=args.image, num_frames=args.frames, num_inference_steps=args.steps,
                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
                    interpolate=not args.no_interpolate, pin_key_frame=False if args.no_pin_key_frame else None,
                    interp_anchor_means=False if args.no_anchor_palette else None,
-                   refine_strength=args.refine_strength)
+                   refine_strength=args.refine_strength, output_type="latent")
     for note in out.notes:
         print(f"microcinema: note: your image was {note}", file=sys.stderr)
-    write_video(args.out, out.frames[0], out.fps)
+    frames = pipeline.decode_to_uint8(out.frames)[0]
+    write_video(args.out, frames, out.fps)
     if args.grid:
-        save_grid(args.grid, [out.frames[0]], captions=[args.prompt])
+        save_grid(args.grid, [frames], captions=[args.prompt])
     if args.save_key_frame:
         _save_image(to_output(out.key_frames[:1], "pil")[0], args.save_key_frame)
-    print(f"wrote {args.out} ({len(out.frames[0])} frames at {out.fps:g} fps)")
+    print(f"wrote {args.out} ({len(frames)} frames at {out.fps:g} fps)")
 
 
 EVAL_EXAMPLES = """\

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
+from microcinema import MicroCinemaPipeline
 
 
 def peak_rss_mib() -> float | None:
@@ -44,10 +44,10 @@ def time_runs(pipe: MicroCinemaPipeline, prompt: str, runs: int, steps: int, int
     totals, stages = [], {}
     frames = 0
     for run in range(runs):
-        pipe.text_encoder.clear_cache()
+        pipe.text_embedder.clear_cache()
         start = time.perf_counter()
         out = pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(run),
-                   interpolate=interpolate, refine_strength=refine_strength, progress=False)
+                   interpolate=interpolate, refine_strength=refine_strength, output_type="np", progress=False)
         totals.append(time.perf_counter() - start)
         frames = out.frames.shape[1]
         for name, seconds in out.timings.items():
@@ -67,7 +67,7 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = MicroCinemaPipeline.embedded()
     load = time.perf_counter() - t0
-    pipe(args.prompt, num_inference_steps=args.steps, progress=False)  # warm-up
+    pipe(args.prompt, num_inference_steps=args.steps, output_type="np", progress=False)  # warm-up
     print(f"torch threads: {torch.get_num_threads()}; load: {load:.2f} s; peak RSS after load + warm-up: "
           f"{peak_rss_mib():.0f} MiB")
     reset_peak_rss()

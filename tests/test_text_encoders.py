@@ -148,7 +148,7 @@ def test_clip_encoder_matches_stable_diffusion(tiny_sd_path: Path) -> None:
     assert enc.max_length == 77 and enc.hidden_size == 32
     out = enc.encode(["a red circle moving left", ""])
     assert out.hidden_states.shape == (2, 77, 32)
-    assert out.attention_mask.sum(1).tolist() == [7, 2]
+    assert out.attention_mask.sum(1).tolist() == [77, 77]  # no padding mask: SD attends to all 77 positions
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
     cond, uncond = pipe.encode_prompt(["a red circle moving left"], "cpu", 1, True, [""])
     torch.testing.assert_close(out.hidden_states, torch.cat([cond, uncond]), atol=0, rtol=0)
@@ -159,6 +159,25 @@ def test_clip_encoder_matches_stable_diffusion(tiny_sd_path: Path) -> None:
         states = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
         torch.testing.assert_close(skip, pipe.text_encoder.final_layer_norm(states))
     assert not torch.allclose(skip, out.hidden_states[1:])
+
+
+def test_wrap_text_encoder_picks_the_encoding_by_model_class(tiny_sd_path: Path, minilm_encoder) -> None:
+    from microcinema.core.text_encoders import TransformerTextEncoder, wrap_text_encoder
+    from microcinema.pipelines.text_to_image import unet_text_cond
+
+    clip = load_text_encoder(tiny_sd_path)
+    wrapped = wrap_text_encoder(clip.model, clip.tokenizer)
+    assert isinstance(wrapped, CLIPTextEncoder) and wrapped.max_length == 77
+    torch.testing.assert_close(wrapped.encode(["a cat"]).hidden_states, clip.encode(["a cat"]).hidden_states)
+    # the U-Net sees no padding mask for CLIP (as StableDiffusionPipeline), MiniLM's mask otherwise
+    assert unet_text_cond(wrapped.encode(["a cat"]), mask_padding=wrapped.mask_padding)["encoder_attention_mask"] is None
+    bert = wrap_text_encoder(minilm_encoder.model, minilm_encoder.tokenizer)
+    assert isinstance(bert, TransformerTextEncoder) and bert.max_length == 32 and bert.mask_padding
+    torch.testing.assert_close(bert.encode(["a red circle"]).hidden_states, minilm_encoder.encode(["a red circle"]).hidden_states)
+    with pytest.raises(MicroCinemaError, match="takes 77 tokens"):
+        wrap_text_encoder(clip.model, clip.tokenizer, max_length=32)
+    with pytest.raises(MicroCinemaError, match="needs its tokenizer"):
+        wrap_text_encoder(clip.model, None)
 
 
 def test_load_errors_say_what_was_expected(tmp_path: Path, tiny_sd_path: Path) -> None:

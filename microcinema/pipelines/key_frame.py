@@ -5,7 +5,8 @@
 * any diffusers text-to-image pipeline (Stable Diffusion 2.1, SDXL, ...) by local folder or hub id;
 * the user's own image (:func:`load_image`), resized and centre-cropped to the video model's size.
 
-Every source returns key frames as a float tensor (B, 3, size, size) in [-1, 1].
+Every source returns key frames as a float tensor (B, 3, H, W) in [-1, 1]; ``size`` is an int (square) or
+``(height, width)``.
 """
 
 from __future__ import annotations
@@ -23,21 +24,34 @@ from microcinema.core.errors import MicroCinemaError, check
 from microcinema.pipelines.text_to_image import PIPELINE_FILE, TextToImagePipeline, check_prompts, check_steps, is_text_to_image_folder
 
 
+Size = "int | tuple[int, int]"
+
+
 class KeyFrameModel(Protocol):
     def __call__(self, prompts: list[str], *, num_inference_steps: int, guidance_scale: float | None,
-                 generator: torch.Generator | None, size: int) -> torch.Tensor: ...
+                 generator: torch.Generator | None, size: int | tuple[int, int]) -> torch.Tensor: ...
 
 
-def fit_to_square(image: Image.Image, size: int) -> tuple[Image.Image, str | None]:
-    """Resize the shorter side to ``size`` and centre-crop; also say what was done (None if nothing)."""
+def height_width(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``size`` (an int: square) as ``(height, width)``."""
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def fit_to_size(image: Image.Image, size: int | tuple[int, int]) -> tuple[Image.Image, str | None]:
+    """Resize so the image covers ``size`` (an int: square, or ``(height, width)``) and centre-crop; also say
+    what was done (None if nothing)."""
+    height, width = height_width(size)
     w, h = image.size
-    if (w, h) == (size, size):
+    if (w, h) == (width, height):
         return image, None
-    scale = size / min(w, h)
-    resized = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    left, top = (resized.width - size) // 2, (resized.height - size) // 2
-    note = f"resized {w}x{h} to {resized.width}x{resized.height} and centre-cropped to {size}x{size}"
-    return resized.crop((left, top, left + size, top + size)), note
+    scale = max(width / w, height / h)
+    resized = image.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.BICUBIC)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    note = f"resized {w}x{h} to {resized.width}x{resized.height} and centre-cropped to {width}x{height}"
+    return resized.crop((left, top, left + width, top + height)), note
+
+
+fit_to_square = fit_to_size  # the name before non-square sizes
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -45,9 +59,10 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def load_image(path: str | os.PathLike | Image.Image, size: int) -> tuple[torch.Tensor, list[str]]:
+def load_image(path: str | os.PathLike | Image.Image, size: int | tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
     """The user's key frame: any image PIL reads (grey, RGBA, palette are converted to RGB), resized and
-    centre-cropped to ``size``. Returns ``(tensor (3, size, size) in [-1, 1], notes of what was changed)``."""
+    centre-cropped to ``size`` (int or (height, width)). Returns ``(tensor (3, H, W) in [-1, 1], notes of what
+    was changed)``."""
     notes: list[str] = []
     if isinstance(path, Image.Image):
         image = path
@@ -67,7 +82,7 @@ def load_image(path: str | os.PathLike | Image.Image, size: int) -> tuple[torch.
             background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
             image = background
         image = image.convert("RGB")
-    image, note = fit_to_square(image, size)
+    image, note = fit_to_size(image, size)
     if note:
         notes.append(note)
     return image_to_tensor(image), notes
@@ -96,11 +111,11 @@ class DiffusersKeyFrameModel:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], *, num_inference_steps: int, guidance_scale: float | None,
-                 generator: torch.Generator | None, size: int) -> torch.Tensor:
+                 generator: torch.Generator | None, size: int | tuple[int, int]) -> torch.Tensor:
         kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
         images = self.pipeline(prompts, num_inference_steps=num_inference_steps, generator=generator,
                                output_type="pil", **kwargs).images
-        return torch.stack([image_to_tensor(fit_to_square(im.convert("RGB"), size)[0]) for im in images])
+        return torch.stack([image_to_tensor(fit_to_size(im.convert("RGB"), size)[0]) for im in images])
 
 
 class OwnKeyFrameModel:
@@ -110,11 +125,11 @@ class OwnKeyFrameModel:
         self.pipeline = pipeline
 
     def __call__(self, prompts: list[str], *, num_inference_steps: int, guidance_scale: float | None,
-                 generator: torch.Generator | None, size: int) -> torch.Tensor:
+                 generator: torch.Generator | None, size: int | tuple[int, int]) -> torch.Tensor:
         images = self.pipeline(prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                generator=generator, output_type="pt").images
-        if images.shape[-1] != size:
-            images = torch.nn.functional.interpolate(images, size=(size, size), mode="bicubic", antialias=True)
+        if tuple(images.shape[-2:]) != height_width(size):
+            images = torch.nn.functional.interpolate(images, size=height_width(size), mode="bicubic", antialias=True)
         return images
 
 

@@ -68,27 +68,36 @@ def to_output(pixels: torch.Tensor, output_type: str) -> Any:
     raise MicroCinemaError(f"unknown output_type {output_type!r}: allowed are pil, np, pt, latent")
 
 
-def unet_text_cond(embedding: Any, dtype: torch.dtype | None = None) -> dict:
-    """A :class:`~microcinema.core.text_encoders.TextEmbedding` as the U-Net's text keyword arguments."""
+def unet_text_cond(embedding: Any, dtype: torch.dtype | None = None, mask_padding: bool = True) -> dict:
+    """A :class:`~microcinema.core.text_encoders.TextEmbedding` as the U-Net's text keyword arguments; no
+    ``encoder_attention_mask`` (None) when the encoder's ``mask_padding`` is False (CLIP, as Stable Diffusion)."""
     return {"encoder_hidden_states": embedding.hidden_states.to(dtype or embedding.hidden_states.dtype),
-            "encoder_attention_mask": embedding.attention_mask}
+            "encoder_attention_mask": embedding.attention_mask if mask_padding else None}
 
 
 def prompt_and_empty_conds(text_encoder: TextEncoder, prompts: list[str], dtype: torch.dtype | None = None
                            ) -> tuple[dict, dict]:
     """Text conditioning of ``prompts`` and of as many empty prompts (the unconditional branch of guidance)."""
-    return (unet_text_cond(text_encoder.encode(prompts), dtype),
-            unet_text_cond(text_encoder.encode([""] * len(prompts)), dtype))
+    masked = getattr(text_encoder, "mask_padding", True)
+    return (unet_text_cond(text_encoder.encode(prompts), dtype, masked),
+            unet_text_cond(text_encoder.encode([""] * len(prompts)), dtype, masked))
 
 
-def cond_eps_model(unet: Any):
+def cond_eps_model(unet: Any, prediction_type: str = "epsilon", alphas_cumprod: Any = None):
     """A diffusers-style U-Net (2D or :class:`~microcinema.models.unet3d.VideoUNet`) as the guidance module's
-    ``eps_model_with_cond(z, t, cond)``, ``cond`` being the U-Net's keyword arguments."""
+    ``eps_model_with_cond(z, t, cond)``, ``cond`` being the U-Net's keyword arguments. A ``v_prediction``
+    network's output is turned into a noise prediction (:func:`~microcinema.core.samplers.eps_from_prediction`
+    on the schedule ``alphas_cumprod``, e.g. the pipeline's scheduler)."""
+    from microcinema.core.samplers import check_prediction_type, eps_from_prediction
+
+    check_prediction_type(prediction_type)
+
     def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         # the U-Net's dtype and device for every float input (text states, AppearNet condition); masks keep theirs
         cast = {k: v.to(unet.device, unet.dtype) if torch.is_tensor(v) and v.is_floating_point()
                 else v.to(unet.device) if torch.is_tensor(v) else v for k, v in cond.items()}
-        return unet(z.to(unet.device, unet.dtype), t.to(unet.device), **cast).sample.float().to(z.device)
+        out = unet(z.to(unet.device, unet.dtype), t.to(unet.device), **cast).sample.float().to(z.device)
+        return out if prediction_type == "epsilon" else eps_from_prediction(out, z, t, prediction_type, alphas_cumprod)
 
     return eps_with_cond
 

@@ -50,6 +50,10 @@ DEFAULT_SCALES = torch.exp(torch.linspace(math.log(0.5), math.log(2.0), 29))
 #: frames of the domain score above 0.95 and the shipped model's first-pass frames 0.80-0.99 (40 tuning
 #: prompts); a frame with its object lost scores below 0.3 (tests/test_keyframe_refine.py).
 DEFAULT_MIN_SCORE = 0.5
+#: Most float elements one batch of cross-correlations may hold (frames x scales x channels x H x W): the
+#: registration runs over the frames in chunks under it, so its memory is bounded at any size (64x64 with 29
+#: scales: 46 frames per chunk; 512x512: one frame, ~90 MB per intermediate).
+MAX_CORRELATION_ELEMENTS = 2**24
 
 
 @dataclass
@@ -125,7 +129,9 @@ def register_similarity(reference: Tensor, frames: Tensor, scales: Tensor = DEFA
     frames, reference = frames.float(), reference.float()
     scales = scales.to(frames).reshape(-1)
     warped = similarity_warp(reference.expand(len(scales), -1, -1, -1), scales, torch.zeros(len(scales), 2))
-    shift, score = _correlation_peaks(warped[None], frames[:, None])  # N, S
+    chunk = max(1, MAX_CORRELATION_ELEMENTS // warped.numel())  # frames per batch of correlations
+    peaks = [_correlation_peaks(warped[None], part[:, None]) for part in frames.split(chunk)]  # each (n, S)
+    shift, score = torch.cat([p[0] for p in peaks]), torch.cat([p[1] for p in peaks])
     best = score.argmax(dim=1)
     rows = torch.arange(len(frames), device=frames.device)
     return Registration(scale=scales[best], shift=shift[rows, best], score=score[rows, best])
@@ -136,9 +142,14 @@ def register_shift(reference: Tensor, frames: Tensor, scale: Tensor) -> Registra
     _check_pair(reference, frames)
     frames, reference = frames.float(), reference.float()
     scale = scale.to(frames).reshape(len(frames))
-    warped = similarity_warp(reference.expand(len(frames), -1, -1, -1), scale, torch.zeros(len(frames), 2))
-    shift, score = _correlation_peaks(warped, frames)
-    return Registration(scale=scale, shift=shift, score=score)
+    chunk = max(1, MAX_CORRELATION_ELEMENTS // reference.numel())
+    shifts, scores = [], []
+    for part, part_scale in zip(frames.split(chunk), scale.split(chunk)):
+        warped = similarity_warp(reference.expand(len(part), -1, -1, -1), part_scale, torch.zeros(len(part), 2))
+        shift, score = _correlation_peaks(warped, part)
+        shifts.append(shift)
+        scores.append(score)
+    return Registration(scale=scale, shift=torch.cat(shifts), score=torch.cat(scores))
 
 
 def smooth_scales(scale: Tensor, times: Tensor, keep: Tensor) -> Tensor:
@@ -162,7 +173,8 @@ def refine_init(latents: Tensor, decode: Callable[[Tensor], Tensor], encode: Cal
     ``min_score``.
 
     ``decode``: (B, C, F, h, w) latents -> (B, F, 3, H, W) pixels; ``encode``: (N, 3, H, W) pixels -> (N, C, h, w)
-    latents (the pipeline's VAE). ``key_pixels`` (B, 3, H, W): the key frame to warp (default: the decoded frame
+    latents (the pipeline's VAE, which decodes and encodes in chunks of frames; the registration itself runs in
+    chunks of :data:`MAX_CORRELATION_ELEMENTS`, so memory stays bounded at SD's sizes). ``key_pixels`` (B, 3, H, W): the key frame to warp (default: the decoded frame
     ``key_index``, which is the key frame when it was pinned). Returns the start latents and the (B, F) bool mask
     of warped frames.
     """

@@ -1,60 +1,68 @@
 """MicroCinema end to end: text -> key frame -> image&text-to-video -> x4 temporal interpolation.
 
-1. **Stage one** (section 3.1): the key frame from any text-to-image model
-   (:mod:`microcinema.pipelines.key_frame`) or the user's image, fitted to the model's size.
+A diffusers pipeline (:class:`~microcinema.pipelines.base.VideoDiffusionPipeline`):
+
+1. **Stage one** (section 3.1): the key frame from the registered ``key_frame_unet`` (a
+   ``UNet2DConditionModel`` sharing the VAE, text encoder and scheduler: at SD scale, SD 2.1's own U-Net), any
+   other text-to-image model (``key_frame_model``, :mod:`microcinema.pipelines.key_frame`), or the user's
+   ``image``, resized and centre-cropped to (height, width).
 2. **Stage two, base model**: a :class:`~microcinema.models.unet3d.VideoUNet` with AppearNet generates
    ``num_frames`` frames at 2 fps around the key frame (its centre frame) from text and image. Sampling
    starts from the Appearance Noise Prior ``N((lambda + gamma) z_c, I)`` (section 3.3, appendix B) with
    classifier-free guidance on the text (the image condition is kept in both branches).
 3. **Temporal interpolation** (x4, section 3.1): for each adjacent pair of base frames, the interpolation
    model generates 5 frames at 8 fps conditioned on the latents interpolated between the pair; the three
-   middle ones are inserted between the pair: 9 frames -> 33.
+   middle ones are inserted between the pair: 9 frames -> 33 (:mod:`microcinema.systems.microcinema.interpolation`).
 
-By default the key frame is kept exactly as the centre frame during stage two (the replacement method,
-:mod:`microcinema.core.replacement`; beyond the paper, which lets the model redraw it: ``pin_key_frame=False``).
-By default each in-between frame's palette is also kept at the mean of its interpolated condition
-(:func:`microcinema.core.replacement.mean_anchor_eps_model`, also beyond the paper; ``interp_anchor_means=False``
-turns it off). By default the base frames, and then the in-between frames, get a short second pass, the
-motion-compensated key-frame refinement (:mod:`microcinema.systems.microcinema.keyframe_refine`, beyond the paper): each frame
-restarts from the key frame warped to where the first pass moved it and the last 30 % of the schedule is re-run
-by the same model (``refine_strength=0`` turns it off).
+The class defaults are the paper's (EulerEDM sampler, text guidance 7.5, lambda = 0.03, gamma = 0.02, Table 7),
+with one documented departure: the key frame is kept exactly as the centre frame during stage two
+(``pin_key_frame=True``, the replacement method, :mod:`microcinema.core.replacement`; the paper lets the model
+redraw it). Two more tricks beyond the paper are off by default and switched on by the embedded family's preset
+(:mod:`microcinema.embedded.presets`): ``interp_anchor_means`` keeps each in-between frame's palette at the
+mean of its interpolated condition (:func:`microcinema.core.replacement.mean_anchor_eps_model`), and
+``refine_strength > 0`` runs the motion-compensated key-frame refinement of the base, then the in-between frames
+(:mod:`microcinema.systems.microcinema.keyframe_refine`): each restarts from the key frame warped to where the
+first pass moved it and the last ``refine_strength`` of the schedule is re-run by the same model.
 
-Latents are decoded by the VAE at the end. All sampling goes through :func:`microcinema.core.samplers.sample`.
+The networks' ``prediction_type`` (epsilon or v) and ``alphas_cumprod`` come from the registered scheduler; the
+``sampler`` setting picks a k-diffusion sampler of :mod:`microcinema.core.samplers` or ``"scheduler"``, the
+scheduler's own loop (with which the pipeline reproduces ``StableDiffusionPipeline`` frame by frame when the
+temporal layers and AppearNet are at their zero initialisation, the prior and the tricks off).
+
+Saving and loading: ``save_pretrained`` writes diffusers' ``model_index.json`` (components and settings);
+``DiffusionPipeline.from_pretrained(folder)`` returns a MicroCinemaPipeline once ``microcinema``'s pipeline is
+imported (see the end of this module). Folders saved by the earlier, non-diffusers version (``microcinema.json``
++ ``video/``) do not load; re-save them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import diffusers
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from einops import rearrange
-from tqdm.auto import tqdm
 
 from microcinema.core.errors import MicroCinemaError, check
 from microcinema.core.guidance import cfg_eps_model
+from microcinema.core.replacement import centre_frame_mask, mean_anchor_eps_model, replacement_eps_model
+from microcinema.core.samplers import SAMPLERS, SCHEDULER_LOOP
+from microcinema.core.text_encoders import TextEncoder
+from microcinema.models.unet3d import VideoUNet
+from microcinema.pipelines.base import (VideoDiffusionPipeline, VideoPipelineOutput, check_count, check_negative_prompt,
+                                        check_output_type, fresh_generator, sd_scheduler)
+from microcinema.pipelines.key_frame import KeyFrameModel, load_image, load_key_frame_model
+from microcinema.pipelines.text_to_image import check_prompts, check_steps, cond_eps_model, unet_text_cond
+from microcinema.systems.microcinema.interpolation import INTERPOLATION_FACTOR, clip_starts, interpolation_condition, join_clips
 from microcinema.systems.microcinema.keyframe_refine import DEFAULT_MIN_SCORE, refine_init
 from microcinema.systems.microcinema.noise_prior import DEFAULT_GAMMA, DEFAULT_LAMBDA, appearance_init_mean
-from microcinema.core.replacement import centre_frame_mask, mean_anchor_eps_model, replacement_eps_model
-from microcinema.core.samplers import SAMPLERS, sample
-from microcinema.embedded import embedded_path
-from microcinema.systems.microcinema.task import interpolation_condition
-from microcinema.core.text_encoders import TextEncoder, load_text_encoder
-from microcinema.models.unet3d import VideoUNet
-from microcinema.pipelines.key_frame import KeyFrameModel, load_image, load_key_frame_model
-from microcinema.pipelines.text_to_image import check_prompts, check_steps, cond_eps_model, prompt_and_empty_conds, to_output, unet_text_cond
 
-PIPELINE_FILE = "microcinema.json"
-INTERPOLATION_FACTOR = 4  # 5-frame interpolation clips: 3 new frames between each pair
-#: The fraction of the sampling steps the key-frame refinement re-runs (keyframe_refine; chosen on the tuning
-#: prompts, see its docs/results entry).
-DEFAULT_REFINE_STRENGTH = 0.3
+__all__ = ["INTERPOLATION_FACTOR", "MicroCinemaPipeline", "VideoPipelineOutput"]
 
 
 def _at_least_one_step(steps: int, strength: float) -> float:
@@ -63,314 +71,375 @@ def _at_least_one_step(steps: int, strength: float) -> float:
     return max(1, int(steps * strength + 1e-9)) / steps
 
 
-def _join_clips(latents: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
-    """Base latents (B, C, F, h, w) and the interpolation model's clips ((B (F - 1)), C, 5, h, w) between each
-    adjacent pair -> (B, C, 4 (F - 1) + 1, h, w): the base frames, and the clips' three middle frames between."""
-    middle = rearrange(clips[:, :, 1:-1], "(b f) c m h w -> b c f m h w", b=latents.shape[0])
-    pieces = []
-    for k in range(latents.shape[2] - 1):
-        pieces += [latents[:, :, k:k + 1], middle[:, :, k]]
-    pieces.append(latents[:, :, -1:])
-    return torch.cat(pieces, dim=2)
+def _check_strength(value: Any) -> float:
+    check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
+          f"refine_strength must be in [0, 1] (0: off), got {value!r}")
+    return float(value)
 
 
-@dataclass
-class VideoPipelineOutput:
-    """``frames``: (B, T, H, W, 3) uint8 for ``"np"``, (B, T, 3, H, W) in [-1, 1] for ``"pt"``, or latents
-    (B, C, T, h, w) for ``"latent"``; ``key_frames`` (B, 3, H, W) in [-1, 1]; ``fps`` of the frames;
-    ``notes``: what was done to a user's image; ``timings``: seconds per stage (key_frame, base,
-    interpolation, decode)."""
-
-    frames: Any
-    key_frames: torch.Tensor
-    fps: float
-    notes: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
+def _check_sampler(name: str, what: str = "sampler") -> str:
+    check(name in SAMPLERS or name == SCHEDULER_LOOP,
+          f"unknown {what} {name!r}: allowed are {', '.join([*SAMPLERS, SCHEDULER_LOOP])}")
+    return name
 
 
-class MicroCinemaPipeline:
-    """Text (and optionally an image) to video with MicroCinema's two stages and interpolation."""
+class MicroCinemaPipeline(VideoDiffusionPipeline):
+    """Text (and optionally an image) to video with MicroCinema's two stages and x4 interpolation.
 
-    def __init__(self, video_unet: VideoUNet, vae: AutoencoderKL, text_encoder: TextEncoder, *,
-                 interp_unet: VideoUNet | None = None, key_frame_model: KeyFrameModel | str | None = None,
-                 text_encoder_name: str = "minilm", base_fps: float = 2.0, sampler: str = "ddim",
-                 guidance_scale: float = 5.0, noise_prior_lambda: float = DEFAULT_LAMBDA,
-                 noise_prior_gamma: float = DEFAULT_GAMMA, interp_noise_prior_lambda: float = DEFAULT_LAMBDA,
-                 interp_noise_prior_gamma: float = DEFAULT_GAMMA, num_frames_range: tuple[int, int] = (3, 17),
-                 pin_key_frame: bool = True, interp_anchor_means: bool = True,
-                 refine_strength: float = DEFAULT_REFINE_STRENGTH) -> None:
-        self.video_unet, self.vae, self.text_encoder = video_unet.eval(), vae.eval(), text_encoder
-        self.interp_unet = interp_unet.eval() if interp_unet is not None else None
+    Components: ``unet`` (the base :class:`~microcinema.models.unet3d.VideoUNet`), ``vae``, ``text_encoder`` +
+    ``tokenizer`` (transformers: ``CLIPTextModel``/``CLIPTokenizer`` for SD checkpoints, MiniLM's ``BertModel``
+    for the embedded family; a :class:`~microcinema.core.text_encoders.TextEncoder` is also accepted and
+    unwrapped), ``scheduler`` (default: SD's DDIM; ``alphas_cumprod`` and ``prediction_type`` are read from it),
+    optional ``interp_unet`` (the interpolation VideoUNet) and ``key_frame_unet`` (stage one's
+    ``UNet2DConditionModel``). ``key_frame_model`` (not saved): another stage one, a
+    :class:`~microcinema.pipelines.key_frame.KeyFrameModel` or a path / hub id; without either, a folder's
+    ``t2i/`` beside ``model_index.json`` or else the embedded text-to-image model is used.
+
+    Settings (saved in ``model_index.json``): ``sampler`` (a key of :data:`~microcinema.core.samplers.SAMPLERS` or
+    ``"scheduler"``), ``guidance_scale``, ``key_frame_sampler`` (None: ``sampler``), ``key_frame_guidance_scale``,
+    ``base_fps``, ``noise_prior_lambda``/``gamma`` (base) and ``interp_noise_prior_lambda``/``gamma`` (the
+    interpolation model's own, not changed by call overrides), ``min_num_frames``/``max_num_frames``,
+    ``pin_key_frame``, ``interp_anchor_means``, ``refine_strength``, ``text_max_length`` (None: CLIP's 77, else
+    32), ``decode_chunk_size`` (frames per VAE call).
+    """
+
+    model_cpu_offload_seq = "text_encoder->key_frame_unet->unet->interp_unet->vae"
+    _optional_components = ["tokenizer", "scheduler", "interp_unet", "key_frame_unet"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: VideoUNet, vae: AutoencoderKL, text_encoder: Any, tokenizer: Any = None,
+                 scheduler: Any = None, interp_unet: VideoUNet | None = None,
+                 key_frame_unet: UNet2DConditionModel | None = None, key_frame_model: KeyFrameModel | str | None = None,
+                 sampler: str = "edm_euler", guidance_scale: float = 7.5, key_frame_sampler: str | None = None,
+                 key_frame_guidance_scale: float = 7.5, base_fps: float = 2.0,
+                 noise_prior_lambda: float = DEFAULT_LAMBDA, noise_prior_gamma: float = DEFAULT_GAMMA,
+                 interp_noise_prior_lambda: float = DEFAULT_LAMBDA, interp_noise_prior_gamma: float = DEFAULT_GAMMA,
+                 min_num_frames: int = 3, max_num_frames: int = 17, pin_key_frame: bool = True,
+                 interp_anchor_means: bool = False, refine_strength: float = 0.0, text_max_length: int | None = None,
+                 decode_chunk_size: int = 16) -> None:
+        super().__init__()
+        wrapper = None
+        if isinstance(text_encoder, TextEncoder):  # a wrapped encoder: register its transformers parts
+            wrapper, tokenizer, text_encoder = text_encoder, tokenizer or text_encoder.tokenizer, text_encoder.model
+            if not type(text_encoder).__name__.startswith("CLIPTextModel"):
+                text_max_length = text_max_length or wrapper.max_length
+        scheduler = scheduler if scheduler is not None else sd_scheduler()
+        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                              interp_unet=interp_unet, key_frame_unet=key_frame_unet)
+        for module in (unet, vae, text_encoder, interp_unet, key_frame_unet):
+            if isinstance(module, torch.nn.Module):
+                module.eval()
+        _check_sampler(sampler)
+        if key_frame_sampler is not None:
+            _check_sampler(key_frame_sampler, "key_frame_sampler")
+        for name, value in (("guidance_scale", guidance_scale), ("key_frame_guidance_scale", key_frame_guidance_scale)):
+            check(isinstance(value, (int, float)) and value >= 0, f"{name} must be >= 0 (1 = no guidance), got {value!r}")
+        check(isinstance(min_num_frames, int) and isinstance(max_num_frames, int) and 1 <= min_num_frames <= max_num_frames,
+              f"min_num_frames and max_num_frames must be integers with 1 <= min <= max, got {min_num_frames!r}, "
+              f"{max_num_frames!r}")
+        check_count("decode_chunk_size", decode_chunk_size)
+        settings = dict(sampler=sampler, guidance_scale=guidance_scale, key_frame_sampler=key_frame_sampler,
+                        key_frame_guidance_scale=key_frame_guidance_scale, base_fps=base_fps,
+                        noise_prior_lambda=noise_prior_lambda, noise_prior_gamma=noise_prior_gamma,
+                        interp_noise_prior_lambda=interp_noise_prior_lambda,
+                        interp_noise_prior_gamma=interp_noise_prior_gamma, min_num_frames=min_num_frames,
+                        max_num_frames=max_num_frames, pin_key_frame=bool(pin_key_frame),
+                        interp_anchor_means=bool(interp_anchor_means), refine_strength=_check_strength(refine_strength),
+                        text_max_length=text_max_length, decode_chunk_size=int(decode_chunk_size))
+        self.register_to_config(**settings)
+        for name, value in settings.items():  # attributes too; assigning one later updates the config
+            setattr(self, name, value)
+        self._text_wrapper = wrapper if wrapper is not None and wrapper.model is text_encoder else None
         self._key_frame_model = key_frame_model
-        self.text_encoder_name, self.base_fps, self.sampler = text_encoder_name, base_fps, sampler
-        self.guidance_scale = guidance_scale
-        self.noise_prior_lambda, self.noise_prior_gamma = noise_prior_lambda, noise_prior_gamma
-        # the interpolation model's own prior (the lambda it was trained with): not changed by call overrides
-        self.interp_noise_prior_lambda, self.interp_noise_prior_gamma = interp_noise_prior_lambda, interp_noise_prior_gamma
-        self.num_frames_range = tuple(num_frames_range)
-        self.pin_key_frame = pin_key_frame  # replacement method on the centre frame (microcinema.core.replacement)
-        # keep each in-between frame's palette at its condition's (replacement.mean_anchor_eps_model)
-        self.interp_anchor_means = interp_anchor_means
-        # motion-compensated key-frame refinement of base and in-between frames (keyframe_refine; 0: off)
-        check(isinstance(refine_strength, (int, float)) and 0 <= refine_strength <= 1,
-              f"refine_strength must be in [0, 1] (0: off), got {refine_strength!r}")
-        self.refine_strength = float(refine_strength)
 
-    # ------------------------------------------------------------------ loading and saving
-    def _settings(self) -> dict[str, Any]:
-        return {"text_encoder": self.text_encoder_name, "base_fps": self.base_fps, "sampler": self.sampler,
-                "guidance_scale": self.guidance_scale, "noise_prior_lambda": self.noise_prior_lambda,
-                "noise_prior_gamma": self.noise_prior_gamma, "interp_noise_prior_lambda": self.interp_noise_prior_lambda,
-                "interp_noise_prior_gamma": self.interp_noise_prior_gamma, "num_frames_range": list(self.num_frames_range),
-                "pin_key_frame": self.pin_key_frame, "interp_anchor_means": self.interp_anchor_means,
-                "refine_strength": self.refine_strength}
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, torch_dtype: torch.dtype = torch.float32,
-                        key_frame_model: KeyFrameModel | str | None = None) -> "MicroCinemaPipeline":
-        """A folder with ``video/`` (VideoUNet), optional ``interp/``, ``vae/`` and ``microcinema.json``;
-        the key frame model defaults to the folder's ``t2i/`` pipeline if present, else the embedded one."""
-        path = Path(path)
-        if not (path / PIPELINE_FILE).is_file() or not (path / "video" / "config.json").is_file():
-            raise MicroCinemaError(f"{path} is not a MicroCinema pipeline folder (expected {PIPELINE_FILE} and video/)")
-        settings = json.loads((path / PIPELINE_FILE).read_text())
-        load = lambda sub: VideoUNet.from_pretrained(path / sub, torch_dtype=torch_dtype)  # noqa: E731
-        interp = load("interp") if (path / "interp" / "config.json").is_file() else None
-        vae = AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch_dtype)
-        if key_frame_model is None and (path / "t2i").is_dir():
-            key_frame_model = str(path / "t2i")
-        name = settings.pop("text_encoder", "minilm")
-        settings.setdefault("refine_strength", 0.0)  # folders saved before the refinement existed: kept off
-        settings["num_frames_range"] = tuple(settings.get("num_frames_range", (3, 17)))
-        return cls(load("video"), vae, load_text_encoder(name), interp_unet=interp, key_frame_model=key_frame_model,
-                   text_encoder_name=name, **settings)
-
+    # ------------------------------------------------------------------ building
     @classmethod
     def embedded(cls, key_frame_model: KeyFrameModel | str | None = None) -> "MicroCinemaPipeline":
-        """The tiny model family shipped in the package (64x64, the procedural domain), offline; stage one is
-        the embedded text-to-image model unless ``key_frame_model`` says otherwise."""
-        load = lambda name: VideoUNet.from_pretrained(embedded_path(name), torch_dtype=torch.float32)  # noqa: E731
-        vae = AutoencoderKL.from_pretrained(embedded_path("vae"), torch_dtype=torch.float32)
-        interp = load("interp") if (embedded_path("video").parent / "interp" / "config.json").is_file() else None
-        return cls(load("video"), vae, load_text_encoder("minilm"), interp_unet=interp, key_frame_model=key_frame_model)
+        """The tiny model family shipped in the package (64x64, the procedural domain, MiniLM text), offline,
+        with its saved preset (:data:`microcinema.embedded.presets.MICROCINEMA`); stage one is the embedded
+        text-to-image model unless ``key_frame_model`` says otherwise."""
+        from microcinema.core.text_encoders import load_text_encoder
+        from microcinema.embedded import embedded_path
+        from microcinema.embedded.presets import MICROCINEMA
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.video_unet.save_pretrained(path / "video")
-        if self.interp_unet is not None:
-            self.interp_unet.save_pretrained(path / "interp")
-        self.vae.save_pretrained(path / "vae")
-        (path / PIPELINE_FILE).write_text(json.dumps(self._settings(), indent=2) + "\n")
-        return path
+        load = lambda name: VideoUNet.from_pretrained(embedded_path(name), torch_dtype=torch.float32)  # noqa: E731
+        interp = load("interp") if (embedded_path("video").parent / "interp" / "config.json").is_file() else None
+        return cls(load("video"), AutoencoderKL.from_pretrained(embedded_path("vae"), torch_dtype=torch.float32),
+                   load_text_encoder("minilm"), scheduler=sd_scheduler(), interp_unet=interp,
+                   key_frame_unet=UNet2DConditionModel.from_pretrained(embedded_path("t2i"), torch_dtype=torch.float32),
+                   key_frame_model=key_frame_model, **MICROCINEMA)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "MicroCinemaPipeline":
+        """diffusers' ``from_pretrained`` (a folder written by :meth:`save_pretrained`, or a hub id), with one-line
+        errors for what is not such a folder. ``key_frame_model=`` (see the class) may be passed too."""
+        source = str(pretrained_model_name_or_path)
+        path = Path(source).expanduser()
+        if path.is_dir():
+            check((path / "model_index.json").is_file() or not (path / "microcinema.json").is_file(),
+                  f"{path} was saved by an earlier microcinema (microcinema.json + video/), which this version does "
+                  f"not load: rebuild the pipeline from its models and save_pretrained it again")
+            check((path / "model_index.json").is_file(),
+                  f"{path} is not a MicroCinema pipeline folder (expected model_index.json, as save_pretrained writes)")
+        else:
+            check(not path.exists(), f"{path} is a file; expected a MicroCinema pipeline folder")
+            check(source.count("/") == 1 and not source.startswith((".", "/", "~")),
+                  f"model path not found: {source} (give a folder written by MicroCinemaPipeline.save_pretrained)")
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            if isinstance(error, MicroCinemaError):
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MicroCinemaError(f"cannot load a MicroCinema pipeline from {source!r}: {first}") from None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """diffusers' ``save_pretrained`` (``model_index.json`` + one folder per component); returns the folder."""
+        super().save_pretrained(save_directory, **kwargs)
+        return Path(save_directory)
 
     # ------------------------------------------------------------------ parts
     @property
-    def key_frame_model(self) -> KeyFrameModel:
-        if self._key_frame_model is None or isinstance(self._key_frame_model, (str, Path)):
-            self._key_frame_model = load_key_frame_model(self._key_frame_model)
-        return self._key_frame_model
-
-    @property
-    def device(self) -> torch.device:
-        return self.video_unet.device
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MicroCinemaPipeline":
-        """Move (and cast) the U-Nets and the VAE, as diffusers' ``pipe.to("cuda", torch.float16)``. The text
-        encoder's outputs and the key frames (from whatever device stage one runs on) are moved where used."""
-        for module in (self.video_unet, self.interp_unet, self.vae):
-            if module is not None:
-                module.to(device=device, dtype=dtype)
-        return self
+    def video_unet(self) -> VideoUNet:
+        """The base model (the ``unet`` component; the name before the pipeline became a diffusers one)."""
+        return self.unet
 
     @property
     def image_size(self) -> int:
-        return self.video_unet.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """The default (square) frame size in pixels."""
+        return self.default_height_width[0]
 
-    @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        latents = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist.mode().float()
-        return latents * self.vae.config.scaling_factor
+        """Pixels (N, 3, H, W) in [-1, 1] -> scaled latents (N, C, h, w)."""
+        return self.encode_frames(images)
 
+    @property
+    def key_frame_model(self) -> KeyFrameModel | None:
+        """The external stage one in use (None when ``key_frame_unet`` runs stage one)."""
+        if self._key_frame_model is None and self.key_frame_unet is not None:
+            return None
+        if self._key_frame_model is None:
+            folder = Path(str(self.config.get("_name_or_path", ""))) / "t2i"
+            self._key_frame_model = str(folder) if str(folder) != "t2i" and folder.is_dir() else "embedded"
+        if isinstance(self._key_frame_model, (str, Path)):
+            self._key_frame_model = load_key_frame_model(self._key_frame_model)
+        return self._key_frame_model
+
+    def check_num_frames(self, num_frames: int) -> int:
+        lo, hi = self.min_num_frames, self.max_num_frames
+        check(isinstance(num_frames, (int, np.integer)) and not isinstance(num_frames, bool)
+              and lo <= num_frames <= hi and num_frames % 2 == 1,
+              f"num_frames must be an odd number from {lo} to {hi} (the key frame is the centre frame; the base "
+              f"model was trained on 9), got {num_frames!r}")
+        return int(num_frames)
+
+    def _eps_model(self, unet: Any) -> Callable:
+        return cond_eps_model(unet, self.prediction_type, self.scheduler)
+
+    # ------------------------------------------------------------------ stage one
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """(B, C, T, h, w) latents -> (B, T, 3, H, W) pixels in [-1, 1]."""
-        flat = rearrange(latents, "b c t h w -> (b t) c h w") / self.vae.config.scaling_factor
-        pixels = torch.cat([self.vae.decode(chunk.to(self.vae.device, self.vae.dtype)).sample.float()
-                            for chunk in flat.split(batch_size)])
-        return rearrange(pixels.clamp(-1, 1), "(b t) c h w -> b t c h w", b=latents.shape[0])
+    def generate_key_frames(self, prompts: list[str], negative_prompts: list[str], *, steps: int,
+                            generator: torch.Generator, height: int, width: int) -> torch.Tensor:
+        """Stage one: key frames (B, 3, height, width) in [-1, 1] from ``key_frame_unet`` (with the pipeline's
+        text encoder, scheduler and VAE, ``key_frame_sampler`` and ``key_frame_guidance_scale``) or from the
+        external ``key_frame_model``."""
+        external = self.key_frame_model
+        if external is not None:
+            size = height if height == width else (height, width)
+            return external(prompts, num_inference_steps=steps, guidance_scale=None, generator=generator, size=size)
+        unet, scale = self.key_frame_unet, self.key_frame_guidance_scale
+        cond, uncond = self.encode_prompt(prompts, None, 1, True, negative_prompts)
+        eps_model = cfg_eps_model(self._eps_model(unet), cond, uncond, scale)
+        shape = (len(prompts), unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = self.prepare_latents(shape, generator, device=self._execution_device)
+        latents = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
+                               sampler=self.key_frame_sampler or self.sampler, stage="key_frame")
+        return self.decode_latents(latents.unsqueeze(2))[:, 0].contiguous()
 
-    def _generator(self, generator: torch.Generator | None) -> torch.Generator:
-        return generator if generator is not None else torch.Generator().manual_seed(int(torch.seed() % 2**63))
-
-    def _base_eps_model(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, scale: float,
+    # ------------------------------------------------------------------ stage two
+    def _base_eps_model(self, cond: dict, uncond: dict, z_key: torch.Tensor, num_frames: int, *, scale: float,
                         generator: torch.Generator, lam: float, pin_key_frame: bool) -> tuple[Any, torch.Tensor]:
-        """The base model's guided noise prediction for ``prompts`` and key frame latents ``z_key`` (B, C, h, w)
-        (centre frame pinned if asked), and the AppearNet condition (B, C, 1, h, w)."""
-        cond, uncond = prompt_and_empty_conds(self.text_encoder, prompts)
+        """The base model's guided noise prediction for text conditions ``cond``/``uncond`` and key frame
+        latents ``z_key`` (B, C, h, w) (centre frame pinned if asked), and the AppearNet condition (B, C, 1, h, w)."""
         condition = z_key.unsqueeze(2)  # AppearNet input [z_c, ..., z_c]: one frame, broadcast over F
         cond, uncond = {**cond, "condition": condition}, {**uncond, "condition": condition}
-        eps_model = cfg_eps_model(cond_eps_model(self.video_unet), cond, uncond, scale)
+        eps_model = cfg_eps_model(self._eps_model(self.unet), cond, uncond, scale)
         if pin_key_frame:  # the key frame's noise as in training: n + lambda z_c (section 3.3, eq. 3)
             known = condition.expand(-1, -1, num_frames, -1, -1)
-            known_noise = torch.randn(known.shape, generator=generator, device=generator.device).to(z_key.device)
+            known_noise = self.prepare_latents(tuple(known.shape), generator, device=z_key.device)
             eps_model = replacement_eps_model(eps_model, known, centre_frame_mask(num_frames, z_key.device),
-                                              known_noise + lam * known)
+                                              known_noise + lam * known, self.scheduler)
         return eps_model, condition
 
     @torch.no_grad()
-    def generate_base(self, prompts: list[str], z_key: torch.Tensor, num_frames: int, *, steps: int, scale: float,
-                      generator: torch.Generator, lam: float, gamma: float, progress: bool,
-                      pin_key_frame: bool = False) -> torch.Tensor:
-        """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w). ``pin_key_frame``:
-        the centre frame follows the key frame's forward process (replacement method), so it is ``z_key``."""
-        eps_model, _ = self._base_eps_model(prompts, z_key, num_frames, scale=scale, generator=generator, lam=lam,
-                                            pin_key_frame=pin_key_frame)
-        noise = torch.randn((len(prompts), z_key.shape[1], num_frames, *z_key.shape[2:]), generator=generator,
-                            device=generator.device).to(z_key.device)
-        return sample(eps_model, noise,
-                      sampler=self.sampler, num_inference_steps=steps, generator=generator,
-                      init_mean=appearance_init_mean(z_key, num_frames, lam, gamma), progress=progress)
+    def generate_base(self, cond: dict, uncond: dict, z_key: torch.Tensor, num_frames: int, *, steps: int,
+                      scale: float, generator: torch.Generator, lam: float, gamma: float, pin_key_frame: bool = False,
+                      latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage two: (B, C, F, h, w) latents around the key frame latent ``z_key`` (B, C, h, w), from ``latents``
+        (the user's initial noise) or fresh noise, plus the prior's mean. ``pin_key_frame``: the centre frame
+        follows the key frame's forward process (replacement method), so it is ``z_key``."""
+        eps_model, _ = self._base_eps_model(cond, uncond, z_key, num_frames, scale=scale, generator=generator,
+                                            lam=lam, pin_key_frame=pin_key_frame)
+        shape = (len(z_key), z_key.shape[1], num_frames, *z_key.shape[2:])
+        noise = self.prepare_latents(shape, generator, latents, device=z_key.device)
+        return self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator, sampler=self.sampler,
+                            stage="base", init_mean=appearance_init_mean(z_key, num_frames, lam, gamma))
 
     @torch.no_grad()
-    def refine_base(self, prompts: list[str], z_key: torch.Tensor, latents: torch.Tensor, *, strength: float,
-                    steps: int, scale: float, generator: torch.Generator, lam: float, progress: bool,
-                    pin_key_frame: bool = False, min_score: float = DEFAULT_MIN_SCORE) -> torch.Tensor:
-        """Motion-compensated key-frame refinement (:mod:`microcinema.systems.microcinema.keyframe_refine`, beyond the paper) of base
-        latents (B, C, F, h, w): each frame restarts from the key frame warped onto it (where a similarity
-        transform explains it, score >= ``min_score``) and is re-denoised over the last ``strength`` of the
-        ``steps``-step schedule (at least one step) with the same text, guidance and key frame."""
+    def refine_base(self, cond: dict, uncond: dict, z_key: torch.Tensor, latents: torch.Tensor, *, strength: float,
+                    steps: int, scale: float, generator: torch.Generator, lam: float, pin_key_frame: bool = False,
+                    min_score: float = DEFAULT_MIN_SCORE) -> torch.Tensor:
+        """Motion-compensated key-frame refinement (:mod:`~microcinema.systems.microcinema.keyframe_refine`, beyond
+        the paper) of base latents (B, C, F, h, w): each frame restarts from the key frame warped onto it (where a
+        similarity transform explains it, score >= ``min_score``) and is re-denoised over the last ``strength`` of
+        the ``steps``-step schedule (at least one step) with the same text, guidance and key frame."""
         # unpinned, the centre frame is the model's redraw: warp the key frame itself then
         key_pixels = None if pin_key_frame else self.decode_latents(z_key.unsqueeze(2))[:, 0]
-        init, _ = refine_init(latents, self.decode_latents, self.encode_images, latents.shape[2] // 2, min_score,
+        init, _ = refine_init(latents, self.decode_latents, self.encode_frames, latents.shape[2] // 2, min_score,
                               key_pixels=key_pixels)
-        eps_model, condition = self._base_eps_model(prompts, z_key, latents.shape[2], scale=scale, generator=generator,
-                                                    lam=lam, pin_key_frame=pin_key_frame)
-        noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
-        return sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
-                      init_mean=lam * condition, init=init, strength=_at_least_one_step(steps, strength),
-                      progress=progress)
+        eps_model, condition = self._base_eps_model(cond, uncond, z_key, latents.shape[2], scale=scale,
+                                                    generator=generator, lam=lam, pin_key_frame=pin_key_frame)
+        noise = self.prepare_latents(tuple(latents.shape), generator, device=latents.device)
+        return self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator, sampler=self.sampler,
+                            stage="refine", init_mean=lam * condition, init=init,
+                            strength=_at_least_one_step(steps, strength))
 
     @torch.no_grad()
     def interpolate(self, latents: torch.Tensor, *, steps: int, generator: torch.Generator, lam: float, gamma: float,
-                    progress: bool, anchor_means: bool | None = None, refine_strength: float = 0.0,
+                    anchor_means: bool | None = None, refine_strength: float = 0.0,
                     min_score: float = DEFAULT_MIN_SCORE) -> torch.Tensor:
         """x4 temporal interpolation of (B, C, F, h, w) latents to (B, C, 4 (F - 1) + 1, h, w); base frames kept.
         ``anchor_means``: keep each in-between frame's palette at its condition's (default: the pipeline's
         ``interp_anchor_means``). ``refine_strength`` > 0: the in-between frames then get the key-frame
-        refinement too (:mod:`microcinema.systems.microcinema.keyframe_refine`; the key frame is the centre base frame), re-denoised
-        by the interpolation model over the last ``refine_strength`` of the schedule."""
+        refinement too (the key frame is the centre base frame), re-denoised by the interpolation model over the
+        last ``refine_strength`` of the schedule. No text guidance (the empty prompt), as the paper's Table 7."""
         check(self.interp_unet is not None, "this pipeline has no interpolation model: pass interpolate=False")
         b, c, f, h, w = latents.shape
         first = rearrange(latents[:, :, :-1], "b c f h w -> (b f) c h w")
         last = rearrange(latents[:, :, 1:], "b c f h w -> (b f) c h w")
         n = INTERPOLATION_FACTOR + 1
         condition = interpolation_condition(first, last, n)
-        cond = {**unet_text_cond(self.text_encoder.encode([""] * len(first))), "condition": condition}
-        noise = torch.randn((len(first), c, n, h, w), generator=generator, device=generator.device).to(latents.device)
-        eps_model = cfg_eps_model(cond_eps_model(self.interp_unet), cond, cond, 1.0)
+        encoder = self.text_embedder
+        cond = {**unet_text_cond(encoder.encode([""] * len(first)), mask_padding=encoder.mask_padding),
+                "condition": condition}
+        noise = self.prepare_latents((len(first), c, n, h, w), generator, device=latents.device)
+        eps_model = cfg_eps_model(self._eps_model(self.interp_unet), cond, cond, 1.0)
         if self.interp_anchor_means if anchor_means is None else anchor_means:
-            eps_model = mean_anchor_eps_model(eps_model, condition.mean(dim=(-2, -1), keepdim=True))
-        clips = sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
-                       progress=progress, init_mean=(lam + gamma) * condition)
+            eps_model = mean_anchor_eps_model(eps_model, condition.mean(dim=(-2, -1), keepdim=True), self.scheduler)
+        clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator, sampler=self.sampler,
+                             stage="interpolation", init_mean=(lam + gamma) * condition)
         if refine_strength > 0:
-            full = _join_clips(latents, clips)
+            full = join_clips(latents, clips)
             between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
-            init, _ = refine_init(full, self.decode_latents, self.encode_images, INTERPOLATION_FACTOR * (f // 2),
+            init, _ = refine_init(full, self.decode_latents, self.encode_frames, INTERPOLATION_FACTOR * (f // 2),
                                   min_score, frames=between)
-            starts = range(0, full.shape[2] - 1, INTERPOLATION_FACTOR)
-            init = rearrange(torch.stack([init[:, :, s:s + n] for s in starts], dim=1), "b f c m h w -> (b f) c m h w")
-            noise = torch.randn(clips.shape, generator=generator, device=generator.device).to(latents.device)
-            clips = sample(eps_model, noise, sampler=self.sampler, num_inference_steps=steps, generator=generator,
-                           progress=progress, init_mean=lam * condition, init=init,
-                           strength=_at_least_one_step(steps, refine_strength))
-        return _join_clips(latents, clips)
+            init = rearrange(torch.stack([init[:, :, s:s + n] for s in clip_starts(full.shape[2])], dim=1),
+                             "b f c m h w -> (b f) c m h w")
+            noise = self.prepare_latents(tuple(clips.shape), generator, device=latents.device)
+            clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
+                                 sampler=self.sampler, stage="interpolation_refine", init_mean=lam * condition,
+                                 init=init, strength=_at_least_one_step(steps, refine_strength))
+        return join_clips(latents, clips)
 
     # ------------------------------------------------------------------ the call
-    def check_num_frames(self, num_frames: int) -> int:
-        lo, hi = self.num_frames_range
-        check(isinstance(num_frames, (int, np.integer)) and lo <= num_frames <= hi and num_frames % 2 == 1,
-              f"num_frames must be an odd number from {lo} to {hi} (the key frame is the centre frame; the base "
-              f"model was trained on 9), got {num_frames!r}")
-        return int(num_frames)
-
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], image: Any = None, *, num_frames: int = 9,
-                 num_inference_steps: int = 25, guidance_scale: float | None = None,
-                 generator: torch.Generator | None = None, interpolate: bool = True, output_type: str = "np",
-                 noise_prior_lambda: float | None = None, noise_prior_gamma: float | None = None,
-                 pin_key_frame: bool | None = None, interp_anchor_means: bool | None = None,
-                 refine_strength: float | None = None, progress: bool = True) -> VideoPipelineOutput:
-        """Generate videos for ``prompt``; ``image`` (path, PIL image, or a list of them, one per prompt) replaces
-        stage one. ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps -> 33 at 8).
-        ``pin_key_frame``: keep the key frame as the centre frame exactly (replacement method; default: the
-        pipeline's setting). ``interp_anchor_means``: keep each interpolated frame's palette at its
-        condition's (default: the pipeline's setting). ``refine_strength``: the fraction of the steps re-run by
-        the motion-compensated key-frame refinement of the base and in-between frames, 0 = off (default: the
-        pipeline's)."""
+    def __call__(self, prompt: str | list[str], image: Any = None, negative_prompt: str | list[str] | None = None,
+                 height: int | None = None, width: int | None = None, num_frames: int = 9,
+                 num_inference_steps: int = 25, guidance_scale: float | None = None, num_videos_per_prompt: int = 1,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 decode_chunk_size: int | None = None, output_type: str = "pil", return_dict: bool = True,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
+                 interpolate: bool = True, noise_prior_lambda: float | None = None,
+                 noise_prior_gamma: float | None = None, pin_key_frame: bool | None = None,
+                 interp_anchor_means: bool | None = None, refine_strength: float | None = None,
+                 progress: bool | None = None) -> VideoPipelineOutput | tuple:
+        """Generate ``num_videos_per_prompt`` videos per prompt.
+
+        ``image`` (path, PIL image, or a list of them, one per prompt) replaces stage one; it is resized and
+        centre-cropped to (``height``, ``width``) (default: the U-Net's sample size; any multiple of
+        :attr:`size_multiple`). ``negative_prompt``: the unconditional branch of guidance (stage one and the base
+        model; default ``""``). ``latents``: the base model's initial noise ``(B * n, C, F, h, w)`` (the prior's
+        mean is added to it). ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps ->
+        33 at 8). ``noise_prior_lambda``/``gamma``, ``pin_key_frame``, ``interp_anchor_means``,
+        ``refine_strength``: per-call overrides of the pipeline's settings. ``callback_on_step_end(pipe, i, t,
+        {"latents": ...})`` runs after every step of every sampling pass (``pipe.stage`` names it: key_frame,
+        base, refine, interpolation, interpolation_refine) and may return replacement ``latents``.
+        ``progress=False`` silences the progress bars for this call (else ``set_progress_bar_config`` rules).
+        Returns a :class:`~microcinema.pipelines.base.VideoPipelineOutput`, or ``(frames,)`` when
+        ``return_dict=False``.
+        """
         prompts = check_prompts(prompt)
         steps = check_steps(num_inference_steps)
         num_frames = self.check_num_frames(num_frames)
+        per_prompt = check_count("num_videos_per_prompt", num_videos_per_prompt)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        check(scale >= 0, f"guidance_scale must be >= 0 (1 = no guidance), got {scale}")
-        check(output_type in ("np", "pt", "latent"), f"unknown output_type {output_type!r}: allowed are np, pt, latent")
-        check(self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}: allowed are {', '.join(SAMPLERS)}")
+        check(isinstance(scale, (int, float)) and scale >= 0, f"guidance_scale must be >= 0 (1 = no guidance), got {scale!r}")
+        check_output_type(output_type)
+        _check_sampler(self.sampler)
         check(not interpolate or self.interp_unet is not None,
               "this pipeline has no interpolation model: pass interpolate=False (CLI: --no-interpolate)")
-        refine = self.refine_strength if refine_strength is None else refine_strength
-        check(isinstance(refine, (int, float)) and 0 <= refine <= 1, f"refine_strength must be in [0, 1] (0: off), "
-              f"got {refine!r}")
+        refine = _check_strength(self.refine_strength if refine_strength is None else refine_strength)
+        height, width = self.check_height_width(height, width)
+        negatives = check_negative_prompt(negative_prompt, len(prompts))
+        chunk = check_count("decode_chunk_size", decode_chunk_size or self.decode_chunk_size)
+        self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        images = None
+        if image is not None:
+            images = list(image) if isinstance(image, (list, tuple)) else [image] * len(prompts)
+            check(len(images) == len(prompts), f"got {len(images)} images for {len(prompts)} prompts: give one per prompt")
         lam = self.noise_prior_lambda if noise_prior_lambda is None else noise_prior_lambda
         gamma = self.noise_prior_gamma if noise_prior_gamma is None else noise_prior_gamma
-        generator = self._generator(generator)
-        size, notes = self.image_size, []
-        stages = tqdm(total=3 if interpolate else 2, desc="MicroCinema", unit="stage", disable=not progress)
-        timings, clock = {}, time.perf_counter()
+        pin = self.pin_key_frame if pin_key_frame is None else pin_key_frame
+        generator = fresh_generator(generator)
+        batch = [p for p in prompts for _ in range(per_prompt)]
+        batch_negatives = [n for n in negatives for _ in range(per_prompt)]
+        timings, notes, clock = {}, [], time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal clock
             now = time.perf_counter()
             timings[name], clock = now - clock, now
 
-        stages.set_postfix_str("key frame")
-        if image is None:
-            key_frames = self.key_frame_model(prompts, num_inference_steps=steps, guidance_scale=None,
-                                              generator=generator, size=size)
-        else:
-            images = image if isinstance(image, (list, tuple)) else [image] * len(prompts)
-            check(len(images) == len(prompts), f"got {len(images)} images for {len(prompts)} prompts: give one per prompt")
-            loaded = [load_image(im, size) for im in images]
-            key_frames = torch.stack([t for t, _ in loaded])
-            notes = sorted({n for _, ns in loaded for n in ns})
-        lap("key_frame")
-        stages.update()
+        with self._call_state(callback_on_step_end, callback_on_step_end_tensor_inputs, progress, scale):
+            if images is None:
+                key_frames = self.generate_key_frames(batch, batch_negatives, steps=steps, generator=generator,
+                                                      height=height, width=width)
+            else:
+                loaded = [load_image(im, (height, width)) for im in images]
+                key_frames = torch.stack([t for t, _ in loaded for _ in range(per_prompt)])
+                notes = sorted({n for _, ns in loaded for n in ns})
+            lap("key_frame")
+            z_key = self.encode_frames(key_frames.to(self._execution_device), chunk)
+            cond, uncond = self.encode_prompt(prompts, z_key.device, per_prompt, True, negatives)
+            video = self.generate_base(cond, uncond, z_key, num_frames, steps=steps, scale=scale, generator=generator,
+                                       lam=lam, gamma=gamma, pin_key_frame=pin, latents=latents)
+            fps = self.base_fps
+            lap("base")
+            if refine > 0:
+                video = self.refine_base(cond, uncond, z_key, video, strength=refine, steps=steps, scale=scale,
+                                         generator=generator, lam=lam, pin_key_frame=pin)
+                lap("refine")
+            if interpolate:
+                video = self.interpolate(video, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
+                                         gamma=self.interp_noise_prior_gamma, anchor_means=interp_anchor_means,
+                                         refine_strength=refine)
+                fps = self.base_fps * INTERPOLATION_FACTOR
+                lap("interpolation")
+            frames = self.postprocess(video, output_type, chunk)
+            if output_type != "latent":
+                lap("decode")
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return VideoPipelineOutput(frames=frames, key_frames=key_frames, fps=fps, notes=notes, timings=timings)
 
-        stages.set_postfix_str("image&text-to-video")
-        z_key = self.encode_images(key_frames)
-        pin = self.pin_key_frame if pin_key_frame is None else pin_key_frame
-        latents = self.generate_base(prompts, z_key, num_frames, steps=steps, scale=scale, generator=generator,
-                                     lam=lam, gamma=gamma, progress=False, pin_key_frame=pin)
-        fps = self.base_fps
-        lap("base")
-        if refine > 0:
-            stages.set_postfix_str("key-frame refinement")
-            latents = self.refine_base(prompts, z_key, latents, strength=refine, steps=steps, scale=scale,
-                                       generator=generator, lam=lam, progress=False, pin_key_frame=pin)
-            lap("refine")
-        stages.update()
-        if interpolate:
-            stages.set_postfix_str("interpolation x4")
-            latents = self.interpolate(latents, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
-                                       gamma=self.interp_noise_prior_gamma, progress=False,
-                                       anchor_means=interp_anchor_means,
-                                       refine_strength=refine)
-            fps = self.base_fps * INTERPOLATION_FACTOR
-            lap("interpolation")
-            stages.update()
-        stages.close()
-        if output_type == "latent":
-            return VideoPipelineOutput(latents, key_frames, fps, notes, timings)
-        pixels = self.decode_latents(latents)
-        frames = pixels if output_type == "pt" else np.stack([to_output(v, "np") for v in pixels])
-        lap("decode")
-        return VideoPipelineOutput(frames, key_frames, fps, notes, timings)
+
+# ``DiffusionPipeline.from_pretrained(folder)`` looks the ``_class_name`` of model_index.json up in the diffusers
+# module. The alternative, model_index.json's ``["pipeline", "MicroCinemaPipeline"]`` with a ``pipeline.py`` shim in
+# the folder, makes diffusers (0.42) refuse to load without ``trust_remote_code=True``, since it would execute code
+# from the folder. Registering the class under diffusers' namespace when this module is imported needs no remote
+# code and works offline; the VideoUNet components need ``microcinema`` imported anyway (diffusers resolves
+# custom component modules from ``sys.modules`` only).
+if getattr(diffusers, MicroCinemaPipeline.__name__, None) is None:
+    setattr(diffusers, MicroCinemaPipeline.__name__, MicroCinemaPipeline)
