@@ -66,3 +66,41 @@ def test_generate_cli_writes_33_frames_at_8_fps(tmp_path):
     assert main(["generate", "a blue square moving right", "--out", str(tmp_path / "v.mp4"), "--steps", "4"]) == 0
     info = probe_video(tmp_path / "v.mp4")
     assert info.num_frames == 33 and abs(info.fps - 8.0) < 1e-6
+
+
+def test_embedded_pipeline_has_its_preset_and_reproduces_the_pipeline_before_diffusers():
+    """Issue 15: the diffusers MicroCinemaPipeline.embedded() gives the same latents as the pipeline before it (commit
+    e3d1d8c; reference latents saved by /work/helpers/pipeline_ref/make_golden.py, 3 DDIM steps, seed 0) in both
+    modes, with and without interpolation and refinement. Without refinement the match is exact; the refinement's
+    registration and re-encoding made the old pipeline itself differ from run to run by up to ~1e-5 (MKL), so
+    refined cases are held to 1e-4."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from microcinema import MicroCinemaPipeline
+    from microcinema.embedded.presets import MICROCINEMA
+
+    pipe = MicroCinemaPipeline.embedded()
+    pipe.set_progress_bar_config(disable=True)
+    assert {k: pipe.config[k] for k in MICROCINEMA} == dict(MICROCINEMA)
+    assert pipe.refine_strength == 0.3 and pipe.interp_anchor_means is True and pipe.sampler == "ddim"
+    assert type(pipe.key_frame_unet).__name__ == "UNet2DConditionModel" and pipe.key_frame_model is None
+    golden = np.load(Path(__file__).parent / "fixtures" / "embedded_old_pipeline.npz")
+    key = np.full((64, 64, 3), 30, np.uint8)
+    key[22:42, 22:42] = (40, 200, 60)
+    cases = {"generate_full": ("a red circle moving left", False, dict(num_frames=3)),
+             "animate_full": ("a green star growing", True, dict(num_frames=3)),
+             "animate_plain": ("a blue square moving up", True, dict(num_frames=5, interpolate=False, refine_strength=0)),
+             "generate_base_refined": ("a yellow 7 moving right", False, dict(num_frames=3, interpolate=False))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the reference was made: MKL may change its split of sums under load otherwise
+    try:
+        for name, (prompt, with_image, kw) in cases.items():
+            out = pipe(prompt, image=Image.fromarray(key) if with_image else None, num_inference_steps=3,
+                       generator=torch.Generator().manual_seed(0), output_type="latent", **kw).frames
+            error = float(np.abs(out.numpy() - golden[name]).max())
+            assert error <= (1e-6 if kw.get("refine_strength") == 0 else 1e-4), (name, error)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,7 +1,12 @@
-"""MicroCinemaPipeline on tiny random models: stages, interpolation, the user's image, save/load, bad input."""
+"""MicroCinemaPipeline on tiny random models: stages, interpolation, the user's image, save/load, bad input.
+
+The fixture pipeline uses DDIM and the embedded family's tricks (palette anchoring, refinement 0.3), as the
+pipeline's defaults were before they became the paper's (tests of the defaults are in test_video_pipeline_base.py).
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -19,7 +24,11 @@ class FixedKeyFrames:
     """A stage-one stand-in: a deterministic key frame per prompt."""
 
     def __call__(self, prompts, *, num_inference_steps, guidance_scale, generator, size):
-        return torch.stack([torch.full((3, size, size), 0.1 * (i + 1)) for i in range(len(prompts))])
+        h, w = (size, size) if isinstance(size, int) else size
+        return torch.stack([torch.full((3, h, w), 0.1 * (i + 1)) for i in range(len(prompts))])
+
+
+TRICKS = dict(sampler="ddim", interp_anchor_means=True, refine_strength=0.3)
 
 
 def video_unet(seed: int) -> VideoUNet:
@@ -35,8 +44,10 @@ def video_unet(seed: int) -> VideoUNet:
 
 @pytest.fixture(scope="module")
 def pipeline(minilm_encoder):
-    return MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_unet=video_unet(1),
-                               key_frame_model=FixedKeyFrames(), guidance_scale=3.0)
+    pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_unet=video_unet(1),
+                               key_frame_model=FixedKeyFrames(), guidance_scale=3.0, **TRICKS)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def test_base_then_interpolation_gives_33_frames_keeping_base_frames(pipeline):
@@ -48,7 +59,7 @@ def test_base_then_interpolation_gives_33_frames_keeping_base_frames(pipeline):
     assert full.frames.shape == (1, 4, 33, 8, 8) and full.fps == 8.0
     assert torch.allclose(full.frames[:, :, ::4], base.frames)  # base frames stay, 3 new ones between each pair
     video = run(output_type="np")
-    assert video.frames.shape == (1, 33, 16, 16, 3) and video.frames.dtype == np.uint8
+    assert video.frames.shape == (1, 33, 16, 16, 3) and video.frames.dtype == np.float32
     again = run(output_type="np")
     assert np.array_equal(video.frames, again.frames)
 
@@ -69,9 +80,17 @@ def test_user_image_replaces_stage_one(pipeline, tmp_path):
     assert any("RGBA" in n for n in out.notes) and any("centre-cropped" in n for n in out.notes)
 
 
-def test_save_and_load(pipeline, tmp_path):
+def test_save_and_load_through_diffusers(pipeline, tmp_path):
+    from diffusers import DiffusionPipeline
+
     pipeline.save_pretrained(tmp_path / "mc")
-    loaded = MicroCinemaPipeline.from_pretrained(tmp_path / "mc", key_frame_model=FixedKeyFrames())
+    index = json.loads((tmp_path / "mc" / "model_index.json").read_text())
+    assert index["_class_name"] == "MicroCinemaPipeline" and index["unet"][1] == "VideoUNet"
+    assert index["refine_strength"] == 0.3 and index["sampler"] == "ddim" and index["key_frame_unet"] == [None, None]
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "mc", key_frame_model=FixedKeyFrames())
+    assert type(loaded) is MicroCinemaPipeline
+    assert {k: loaded.config[k] for k in TRICKS} == TRICKS and loaded.guidance_scale == 3.0
+    assert loaded.refine_strength == 0.3 and loaded.interp_unet is not None
     kwargs = dict(num_inference_steps=2, progress=False, output_type="latent")
     a = pipeline("a star", generator=torch.Generator().manual_seed(4), **kwargs).frames
     b = loaded("a star", generator=torch.Generator().manual_seed(4), **kwargs).frames
@@ -84,6 +103,14 @@ def test_save_and_load(pipeline, tmp_path):
     ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
     ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1"),
     ({"output_type": "gif"}, "unknown output_type"),
+    ({"height": 18}, "height must be a positive multiple of 4 pixels"),
+    ({"width": 0}, "width must be a positive multiple of 4"),
+    ({"num_videos_per_prompt": 0}, "num_videos_per_prompt must be an integer >= 1"),
+    ({"decode_chunk_size": 0}, "decode_chunk_size must be an integer >= 1"),
+    ({"negative_prompt": ["a", "b"]}, "negative_prompt must be a string or a list of 1 strings"),
+    ({"latents": torch.zeros(1, 4, 9, 4, 4)}, r"latents must have shape \(1, 4, 9, 8, 8\)"),
+    ({"callback_on_step_end_tensor_inputs": ["prompt_embeds"]}, "callback_on_step_end_tensor_inputs"),
+    ({"generator": [torch.Generator()]}, "generator must be one torch.Generator"),
     ({"refine_strength": 1.5}, r"refine_strength must be in \[0, 1\]"),
     ({"refine_strength": -0.1}, r"refine_strength must be in \[0, 1\]"),
 ])
@@ -170,9 +197,10 @@ def test_stage_two_evaluation_judges_every_video(pipeline, tmp_path):
 
 
 def test_bfloat16_pipeline_runs_and_interpolation_keeps_its_own_prior(minilm_encoder):
-    pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_unet=video_unet(1),
-                               key_frame_model=FixedKeyFrames()).to(dtype=torch.bfloat16)
+    pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), copy.deepcopy(minilm_encoder), interp_unet=video_unet(1),
+                               key_frame_model=FixedKeyFrames(), **TRICKS).to(dtype=torch.bfloat16)
     assert pipe.video_unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16
+    assert pipe.text_encoder.dtype == torch.bfloat16  # diffusers' .to moves every component
     out = pipe("a red circle moving left", num_frames=3, num_inference_steps=1, progress=False,
                generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.frames.shape == (1, 9, 16, 16, 3)
@@ -186,6 +214,7 @@ def test_bfloat16_pipeline_runs_and_interpolation_keeps_its_own_prior(minilm_enc
 
 def test_missing_interpolation_model_is_reported_before_any_work(minilm_encoder):
     pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, key_frame_model=FixedKeyFrames())
+    assert pipe.interp_unet is None
     with pytest.raises(MicroCinemaError, match="--no-interpolate"):
         pipe("a red circle", num_inference_steps=1, progress=False)
 
@@ -227,17 +256,17 @@ def test_pin_key_frame_keeps_the_key_frame_as_the_centre_frame(pipeline):
 
 
 def test_interp_anchor_means_keeps_in_between_frames_at_their_conditions_palette(pipeline, tmp_path):
-    from microcinema.systems.microcinema.task import interpolation_condition
+    from microcinema.systems.microcinema.interpolation import interpolation_condition
 
     run = lambda **kw: pipeline("a red circle moving left", num_inference_steps=4, progress=False,  # noqa: E731
                                 generator=torch.Generator().manual_seed(0), output_type="latent", **kw).frames
-    assert pipeline.interp_anchor_means is True  # on by default
+    assert pipeline.interp_anchor_means is True  # on in this fixture (the embedded preset's setting)
     anchored, free = run(), run(interp_anchor_means=False)
     pipeline.interp_anchor_means = False
     try:
         torch.testing.assert_close(run(), free)  # the pipeline's setting is the call's default
         pipeline.save_pretrained(tmp_path / "pipe")
-        assert json.loads((tmp_path / "pipe" / "microcinema.json").read_text())["interp_anchor_means"] is False
+        assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["interp_anchor_means"] is False
     finally:
         pipeline.interp_anchor_means = True
     base = anchored[:, :, ::4]
@@ -252,7 +281,7 @@ def test_key_frame_refinement_is_a_second_pass_over_the_base_frames(pipeline, tm
     run = lambda **kw: pipeline("a red circle moving left", num_inference_steps=5, progress=False,  # noqa: E731
                                 interpolate=False, generator=torch.Generator().manual_seed(0), output_type="latent",
                                 **kw).frames[0]
-    assert pipeline.refine_strength == 0.3  # on by default
+    assert pipeline.refine_strength == 0.3  # on in this fixture (the embedded preset's setting)
     refined, first_pass = run(), run(refine_strength=0)
     z_key = pipeline.encode_images(FixedKeyFrames()(["x"], num_inference_steps=1, guidance_scale=None,
                                                     generator=None, size=pipeline.image_size))[0]
@@ -260,12 +289,13 @@ def test_key_frame_refinement_is_a_second_pass_over_the_base_frames(pipeline, tm
     assert not torch.allclose(refined[:, 0], first_pass[:, 0])  # the other frames are re-denoised
     z = pipeline.encode_images(FixedKeyFrames()(["x"], num_inference_steps=1, guidance_scale=None, generator=None,
                                                 size=pipeline.image_size))
-    again = pipeline.refine_base(["a red circle moving left"], z, first_pass[None], strength=0.4, steps=5, scale=3.0,
+    cond, uncond = pipeline.encode_prompt(["a red circle moving left"])
+    again = pipeline.refine_base(cond, uncond, z, first_pass[None], strength=0.4, steps=5, scale=3.0,
                                  generator=torch.Generator().manual_seed(1), lam=pipeline.noise_prior_lambda,
-                                 progress=False, pin_key_frame=True)
+                                 pin_key_frame=True)
     assert again.shape == first_pass[None].shape
     interp = lambda **kw: pipeline.interpolate(first_pass[None], steps=5, generator=torch.Generator().manual_seed(2),  # noqa: E731
-                                               lam=0.03, gamma=0.02, progress=False, **kw)
+                                               lam=0.03, gamma=0.02, **kw)
     plain, both = interp(), interp(refine_strength=0.3)
     assert both.shape == plain.shape == (1, 4, 33, 8, 8)
     torch.testing.assert_close(both[:, :, ::4], first_pass[None])  # base frames kept
@@ -273,23 +303,24 @@ def test_key_frame_refinement_is_a_second_pass_over_the_base_frames(pipeline, tm
     pipeline.refine_strength = 0.25
     try:
         pipeline.save_pretrained(tmp_path / "pipe")
-        assert json.loads((tmp_path / "pipe" / "microcinema.json").read_text())["refine_strength"] == 0.25
+        assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["refine_strength"] == 0.25
         assert MicroCinemaPipeline.from_pretrained(tmp_path / "pipe").refine_strength == 0.25
     finally:
         pipeline.refine_strength = 0.3
     with pytest.raises(MicroCinemaError, match=r"refine_strength must be in \[0, 1\]"):
-        MicroCinemaPipeline(video_unet(0), tiny_vae(), pipeline.text_encoder, refine_strength=2.0)
+        MicroCinemaPipeline(video_unet(0), tiny_vae(), pipeline.text_encoder, pipeline.tokenizer, refine_strength=2.0)
 
 
 def test_refinement_warps_every_frame_it_is_told_to_and_slices_the_clips_in_order(pipeline, monkeypatch):
     """The random tiny models' frames do not match their key frame (score < 0.5, nothing warped), so force every
     warp (min_score -1) and check what reaches the sampler: base frames around key index 4, in-between frames
     around index 16, and each interpolation clip restarting from frames 4k .. 4k + 4 of the joined video."""
+    import microcinema.pipelines.base as base
     import microcinema.systems.microcinema.pipeline as mc
     from einops import rearrange
 
     seen, inits = [], []
-    real_refine_init, real_sample = mc.refine_init, mc.sample
+    real_refine_init, real_sample = mc.refine_init, base.sample
 
     def spy_refine_init(latents, decode, encode, key_index, min_score, **kw):
         init, warped = real_refine_init(latents, decode, encode, key_index, -1.0, **kw)
@@ -297,7 +328,7 @@ def test_refinement_warps_every_frame_it_is_told_to_and_slices_the_clips_in_orde
         return init, warped
 
     monkeypatch.setattr(mc, "refine_init", spy_refine_init)
-    monkeypatch.setattr(mc, "sample", lambda *a, **kw: inits.append(kw.get("init")) or real_sample(*a, **kw))
+    monkeypatch.setattr(base, "sample", lambda *a, **kw: inits.append(kw.get("init")) or real_sample(*a, **kw))
     pipeline(["a red circle moving left", "a star"], num_inference_steps=4, progress=False, output_type="latent",
              generator=torch.Generator().manual_seed(0))
     base, between = seen

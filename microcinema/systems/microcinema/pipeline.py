@@ -109,7 +109,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
 
     def __init__(self, unet: VideoUNet, vae: AutoencoderKL, text_encoder: Any, tokenizer: Any = None,
                  scheduler: Any = None, interp_unet: VideoUNet | None = None,
-                 key_frame_unet: UNet2DConditionModel | None = None, key_frame_model: KeyFrameModel | str | None = None,
+                 key_frame_unet: UNet2DConditionModel | None = None, key_frame_model: Any = None,
                  sampler: str = "edm_euler", guidance_scale: float = 7.5, key_frame_sampler: str | None = None,
                  key_frame_guidance_scale: float = 7.5, base_fps: float = 2.0,
                  noise_prior_lambda: float = DEFAULT_LAMBDA, noise_prior_gamma: float = DEFAULT_GAMMA,
@@ -382,7 +382,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         refine = _check_strength(self.refine_strength if refine_strength is None else refine_strength)
         height, width = self.check_height_width(height, width)
         negatives = check_negative_prompt(negative_prompt, len(prompts))
-        chunk = check_count("decode_chunk_size", decode_chunk_size or self.decode_chunk_size)
+        chunk = check_count("decode_chunk_size", self.decode_chunk_size if decode_chunk_size is None else decode_chunk_size)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         images = None
         if image is not None:
