@@ -395,3 +395,53 @@ def test_min_snr_weights_cap_the_clean_steps_and_keep_the_noisy_ones() -> None:
     assert weights[0] < 0.01 and torch.all(weights[1:] >= weights[:-1])
     with pytest.raises(MicroCinemaError, match="gamma must be > 0"):
         min_snr_weights(t, 0.0)
+
+
+# --- prediction types, the scheduler loop and step callbacks (issue 15) ---------------------------------------
+
+
+def test_v_prediction_converts_to_the_noise_and_back():
+    from microcinema.core.diffusion import alphas_cumprod_of
+    from microcinema.core.samplers import eps_from_prediction, prediction_from_eps
+
+    torch.manual_seed(0)
+    x0, eps = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    t = torch.tensor([10, 500, 990])
+    abar = alphas_cumprod_of(None)[t].float().view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0  # Salimans & Ho 2022
+    torch.testing.assert_close(eps_from_prediction(v, x_t, t, "v_prediction"), eps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(prediction_from_eps(eps, x_t, t, "v_prediction"), v, atol=1e-4, rtol=0)
+    assert eps_from_prediction(v, x_t, t, "epsilon") is v
+    with pytest.raises(MicroCinemaError, match="unsupported prediction_type 'sample'"):
+        eps_from_prediction(v, x_t, t, "sample")
+
+
+def test_scheduler_loop_is_the_schedulers_own_and_callbacks_can_replace_latents():
+    from diffusers import DDIMScheduler
+
+    from microcinema.testing import SD_SCHEDULER_KWARGS
+
+    scheduler = DDIMScheduler(**SD_SCHEDULER_KWARGS)
+    eps_model = lambda x, t: 0.1 * x  # noqa: E731
+    noise = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    want = noise.clone()
+    scheduler.set_timesteps(4)
+    for t in scheduler.timesteps:
+        want = scheduler.step(0.1 * want, t, want).prev_sample
+    seen = []
+    got = sample(eps_model, noise, sampler="scheduler", scheduler=scheduler, num_inference_steps=4,
+                 step_callback=lambda i, t, z: seen.append((i, int(t))))
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert seen == [(i, int(t)) for i, t in enumerate(scheduler.timesteps)]
+    # ddim with the same callback: called after each step with VP latents; a replacement is used from there on
+    steps = []
+    out = sample(eps_model, noise, sampler="ddim", num_inference_steps=4,
+                 step_callback=lambda i, t, z: steps.append((i, float(t))) or (torch.zeros_like(z) if i == 3 else None))
+    assert [i for i, _ in steps] == [0, 1, 2, 3] and steps[0][1] > steps[-1][1]
+    assert torch.equal(out, torch.zeros_like(out))
+    plain = sample(eps_model, noise, sampler="ddim", num_inference_steps=4)
+    again = sample(eps_model, noise, sampler="ddim", num_inference_steps=4, step_callback=lambda i, t, z: z)
+    torch.testing.assert_close(again, plain, atol=1e-6, rtol=0)  # a callback returning its input changes nothing
+    with pytest.raises(MicroCinemaError, match="needs a diffusers scheduler"):
+        sample(eps_model, noise, sampler="scheduler", num_inference_steps=4)

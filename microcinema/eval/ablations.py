@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import torch
 
 from microcinema.systems.microcinema.pipeline import MicroCinemaPipeline
+from microcinema.embedded.presets import MICROCINEMA as EMBEDDED_PRESET
 from microcinema.training.common import load_config
 from microcinema.training.tasks.t2i import load_vae
 from microcinema.systems.microcinema.task import build_cache, train_video
@@ -193,7 +194,8 @@ def evaluate(setting: Setting, weights: Path, parts: dict[str, Any], budget: Bud
     if path.is_file() and json.loads(path.read_text()).get("key") == key:
         return json.loads(path.read_text())["row"]
     pipe = MicroCinemaPipeline(VideoUNet.from_pretrained(weights).float(), parts["vae"], parts["text_encoder"],
-                               pin_key_frame=False,  # the paper's sampling: the model redraws the key frame too
+                               **{**EMBEDDED_PRESET, "pin_key_frame": False},  # the paper's sampling: the model
+                               # redraws the key frame too; otherwise the embedded family's preset
                                noise_prior_lambda=setting.variant.lam, noise_prior_gamma=setting.gamma)
     specs = parts["specs"]
     generated = generate_videos(pipe, specs, "animate", steps=setting.steps, batch_size=budget.eval_batch_size,
