@@ -118,3 +118,22 @@ def test_bad_shapes_are_clear_errors() -> None:
         register_similarity(torch.zeros(3, 8, 8), torch.zeros(2, 3, 8, 9))
     with pytest.raises(MicroCinemaError, match="key_index must be a frame index below 3"):
         refine_init(torch.zeros(1, 3, 3, 8, 8), lambda z: z, lambda x: x, key_index=3)
+
+
+def test_registration_runs_in_bounded_chunks_with_the_same_result(monkeypatch):
+    """Issue 15: at SD's sizes the frames x scales x pixels correlations do not fit at once; the registration runs
+    over the frames in chunks of MAX_CORRELATION_ELEMENTS (one frame per chunk at 512x512) with the same result."""
+    import microcinema.systems.microcinema.keyframe_refine as kr
+
+    torch.manual_seed(0)
+    reference, frames = torch.rand(3, 32, 32), torch.rand(5, 3, 32, 32)
+    whole = kr.register_similarity(reference, frames)
+    shifted = kr.register_shift(reference, frames, whole.scale)
+    assert kr.MAX_CORRELATION_ELEMENTS // (len(kr.DEFAULT_SCALES) * 3 * 512 * 512) == 0  # 512x512: 1 frame a chunk
+    monkeypatch.setattr(kr, "MAX_CORRELATION_ELEMENTS", 2 * len(kr.DEFAULT_SCALES) * 3 * 32 * 32)  # 2 frames a chunk
+    chunked = kr.register_similarity(reference, frames)
+    torch.testing.assert_close(chunked.shift, whole.shift)
+    torch.testing.assert_close(chunked.score, whole.score)
+    torch.testing.assert_close(chunked.scale, whole.scale)
+    monkeypatch.setattr(kr, "MAX_CORRELATION_ELEMENTS", 3 * 32 * 32)  # 1 frame a chunk
+    torch.testing.assert_close(kr.register_shift(reference, frames, whole.scale).shift, shifted.shift)

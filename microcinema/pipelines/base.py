@@ -132,7 +132,8 @@ class VideoDiffusionPipeline(DiffusionPipeline):
     def video_processor(self) -> VideoProcessor:
         """diffusers' ``VideoProcessor`` for this VAE (postprocessing only: the pipelines resize a user's image
         themselves, keeping its aspect by a centre crop, which ``VaeImageProcessor`` does not)."""
-        if getattr(self, "_video_processor", None) is None or self._video_processor.config.vae_scale_factor != self.vae_scale_factor:
+        processor = getattr(self, "_video_processor", None)
+        if processor is None or processor.config.vae_scale_factor != self.vae_scale_factor:
             self._video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor)
         return self._video_processor
 
@@ -183,11 +184,14 @@ class VideoDiffusionPipeline(DiffusionPipeline):
         return latents.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ VAE
+    def _chunk(self, frames: int | None) -> int:
+        return self.config.get("decode_chunk_size", 16) if frames is None else frames
+
     @torch.no_grad()
     def encode_frames(self, images: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Pixels ``(N, 3, H, W)`` in [-1, 1] -> scaled latents ``(N, C, h, w)`` (float32; the posterior's mode),
         ``chunk_size`` frames per VAE call (default: the pipeline's ``decode_chunk_size``)."""
-        chunk = check_count("decode_chunk_size", self.config.get("decode_chunk_size", 16) if chunk_size is None else chunk_size)
+        chunk = check_count("decode_chunk_size", self._chunk(chunk_size))
         vae = self.vae
         latents = [vae.encode(part.to(vae.device, vae.dtype)).latent_dist.mode().float() for part in images.split(chunk)]
         return torch.cat(latents) * vae.config.scaling_factor
@@ -196,7 +200,7 @@ class VideoDiffusionPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
         """Scaled latents ``(B, C, F, h, w)`` -> pixels ``(B, F, 3, H, W)`` in [-1, 1] (float32),
         ``decode_chunk_size`` frames per VAE call (default: the pipeline's)."""
-        chunk = check_count("decode_chunk_size", self.config.get("decode_chunk_size", 16) if decode_chunk_size is None else decode_chunk_size)
+        chunk = check_count("decode_chunk_size", self._chunk(decode_chunk_size))
         vae = self.vae
         flat = rearrange(latents, "b c t h w -> (b t) c h w") / vae.config.scaling_factor
         pixels = torch.cat([vae.decode(part.to(vae.device, vae.dtype)).sample.float() for part in flat.split(chunk)])

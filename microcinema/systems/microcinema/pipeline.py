@@ -382,7 +382,8 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         refine = _check_strength(self.refine_strength if refine_strength is None else refine_strength)
         height, width = self.check_height_width(height, width)
         negatives = check_negative_prompt(negative_prompt, len(prompts))
-        chunk = check_count("decode_chunk_size", self.decode_chunk_size if decode_chunk_size is None else decode_chunk_size)
+        chunk = check_count("decode_chunk_size",
+                            self.decode_chunk_size if decode_chunk_size is None else decode_chunk_size)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         images = None
         if image is not None:
