@@ -154,3 +154,15 @@ def test_text_encoder_without_a_tokenizer_is_a_clear_error():
         pipe = MicroCinemaPipeline(VideoUNet.from_pretrained_2d(tiny_unet2d(sample_size=8), temporal_attention_head_dim=4),
                                    tiny_vae(), tiny_clip_text_model())
         pipe.encode_prompt(PROMPT)
+
+
+def test_from_pretrained_explains_what_is_not_a_pipeline_folder(tmp_path):
+    old = tmp_path / "old"
+    (old / "video").mkdir(parents=True)
+    (old / "microcinema.json").write_text("{}")
+    with pytest.raises(MicroCinemaError, match="saved by an earlier microcinema"):
+        MicroCinemaPipeline.from_pretrained(old)
+    with pytest.raises(MicroCinemaError, match="not a MicroCinema pipeline folder"):
+        MicroCinemaPipeline.from_pretrained(tmp_path)
+    with pytest.raises(MicroCinemaError, match="model path not found"):
+        MicroCinemaPipeline.from_pretrained(tmp_path / "nowhere" / "at-all")
