@@ -19,6 +19,7 @@ MICROCINEMA: Mapping[str, Any] = MappingProxyType({
     "key_frame_sampler": "ddim",       # stage one: the embedded text-to-image model's own settings
     "key_frame_guidance_scale": 5.0,
     "text_max_length": 32,             # MiniLM tokens the family was trained with
+    "decode_chunk_size": 64,           # frames per VAE call as before the diffusers pipeline (same float sums)
     # beyond the paper, measured on the procedural domain (docs/results):
     "interp_anchor_means": True,       # each in-between frame's palette kept at its condition's
     "refine_strength": 0.3,            # motion-compensated key-frame refinement of base and in-between frames
