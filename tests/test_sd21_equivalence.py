@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from microcinema import MicroCinemaPipeline, VideoUNet
+from microcinema import MicroCinemaError, MicroCinemaPipeline, VideoUNet
 from microcinema.testing import tiny_sd_pipeline
 
 HEIGHT, WIDTH, FRAMES, STEPS, SCALE = 32, 48, 3, 3, 6.0
@@ -86,3 +86,27 @@ def test_stage_one_key_frame_unet_is_stable_diffusion(pipes):
     want = sd(PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
               guidance_scale=SCALE, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert (keys / 2 + 0.5 - want).abs().max() <= 1e-4
+
+
+def test_from_stable_diffusion_inflates_the_checkpoint_and_is_sd_frame_by_frame(tmp_path):
+    """The README's path: ``MicroCinemaPipeline.from_stable_diffusion(folder)`` (a fresh inflation of SD's U-Net,
+    SD's U-Net as stage one) is SD frame by frame with the paper's additions off."""
+    sd = tiny_sd_pipeline(sd21_layout=True)
+    sd.scheduler = DDIMScheduler(**SD21_DDIM, prediction_type="v_prediction")
+    sd.save_pretrained(tmp_path / "sd")
+    sd = StableDiffusionPipeline.from_pretrained(tmp_path / "sd", safety_checker=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+    mc = MicroCinemaPipeline.from_stable_diffusion(tmp_path / "sd", sampler="scheduler", noise_prior_lambda=0.0,
+                                                   noise_prior_gamma=0.0, pin_key_frame=False)
+    mc.set_progress_bar_config(disable=True)
+    assert mc.key_frame_unet is not mc.unet.unet and mc.prediction_type == "v_prediction"
+    start = randn_tensor((1, 4, HEIGHT // mc.vae_scale_factor, WIDTH // mc.vae_scale_factor),
+                         generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    want = sd(PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_inference_steps=STEPS,
+              guidance_scale=SCALE, latents=start, output_type="pt").images
+    got = mc(PROMPT, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=STEPS,
+             guidance_scale=SCALE, latents=start.unsqueeze(2).repeat(1, 1, FRAMES, 1, 1), interpolate=False,
+             output_type="pt", generator=torch.Generator().manual_seed(0)).frames
+    assert (got[0] - want).abs().max().item() <= 1e-4
+    with pytest.raises(MicroCinemaError, match="cannot load a Stable Diffusion pipeline"):
+        MicroCinemaPipeline.from_stable_diffusion(tmp_path / "missing")

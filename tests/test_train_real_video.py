@@ -109,11 +109,31 @@ def check_run(run: Path, expect_prediction: str = "v_prediction") -> None:
     assert json.loads((run / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == expect_prediction
 
 
+def generate_from_saved_pipeline(sd_folder: Path, run: Path, out: Path) -> None:
+    """The trained video U-Net on its SD checkpoint, saved as a pipeline folder, loaded back through diffusers'
+    ``DiffusionPipeline.from_pretrained`` and sampled (v-prediction read from the saved scheduler)."""
+    from diffusers import DiffusionPipeline
+
+    from microcinema import MicroCinemaPipeline, VideoUNet
+
+    trained = VideoUNet.from_pretrained(run / "final")
+    MicroCinemaPipeline.from_stable_diffusion(sd_folder, unet=trained, sampler="ddim").save_pretrained(out)
+    pipe = DiffusionPipeline.from_pretrained(out)
+    assert isinstance(pipe, MicroCinemaPipeline) and pipe.prediction_type == "v_prediction"
+    for name, param in trained.state_dict().items():  # the trained weights, not a fresh inflation
+        torch.testing.assert_close(pipe.unet.state_dict()[name], param, atol=0, rtol=0)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe("people riding bikes", height=32, width=32, num_frames=3, num_inference_steps=2, interpolate=False,
+                  output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 3, 32, 32, 3) and bool(((frames >= 0) & (frames <= 1)).all())
+
+
 def test_train_video_from_an_sd_folder_on_a_webvid_csv(sd_v, webvid_csv, tmp_path, capsys):
     config = video_config(tmp_path / "v.yaml", sd_v, {"type": "captions", "table": str(webvid_csv), **CLIP})
     run = tmp_path / "run"
     assert main(["train", "video", "--config", str(config), "--output-dir", str(run)]) == 0
     check_run(run)
+    generate_from_saved_pipeline(sd_v, run, tmp_path / "pipeline")
     seen = json.loads((run / "samples_seen" / "rank_000.json").read_text())
     assert set(seen["keys"]) <= {f"page{i % 2}/{n}.mp4" for i, n in enumerate(CLIP_NAMES)} and seen["draws"] == 4
     chunks = sorted((run / "latents").glob("clips-rank000-of-001/chunk_*.safetensors"))
@@ -128,6 +148,7 @@ def test_train_video_from_webdataset_shards_with_v_prediction(sd_v, shards, tmp_
     report = run_task("video", config, str(tmp_path / "run"))
     assert report["steps"] == 2 and math.isfinite(report["final_loss"])
     check_run(tmp_path / "run")
+    generate_from_saved_pipeline(sd_v, tmp_path / "run", tmp_path / "pipeline")
 
 
 def test_t2i_trains_on_the_centre_frames_of_real_videos(sd_v, webvid_csv, tmp_path):

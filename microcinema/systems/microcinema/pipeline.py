@@ -37,6 +37,7 @@ imported (see the end of this module). Folders saved by the earlier, non-diffuse
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
@@ -168,6 +169,33 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                    load_text_encoder("minilm"), scheduler=sd_scheduler(), interp_unet=interp,
                    key_frame_unet=UNet2DConditionModel.from_pretrained(embedded_path("t2i"), torch_dtype=torch.float32),
                    key_frame_model=key_frame_model, **MICROCINEMA)
+
+    @classmethod
+    def from_stable_diffusion(cls, pretrained_model_name_or_path: str | os.PathLike, *, unet: VideoUNet | None = None,
+                              interp_unet: VideoUNet | None = None, torch_dtype: torch.dtype | None = None,
+                              **settings: Any) -> "MicroCinemaPipeline":
+        """MicroCinema on a Stable Diffusion checkpoint (a diffusers folder or hub id, e.g. SD 2.1): its VAE, CLIP
+        text encoder, tokenizer and scheduler (``prediction_type`` included) are shared by both stages, its U-Net
+        is stage one (``key_frame_unet``, section 3.1), and the video U-Net is ``unet`` (e.g. trained with
+        ``microcinema train video`` from that checkpoint) or, if None, the checkpoint's U-Net freshly inflated
+        (temporal layers and AppearNet injections zero-initialised: frame by frame it is SD, section 3.1).
+        ``settings`` are the pipeline's (``sampler``, ``guidance_scale``, ...)."""
+        from diffusers import DiffusionPipeline
+
+        try:
+            sd = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype,
+                                                   safety_checker=None, requires_safety_checker=False)
+        except Exception as error:  # diffusers raises many kinds: missing files, bad configs, no network
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MicroCinemaError(f"cannot load a Stable Diffusion pipeline from {str(pretrained_model_name_or_path)!r}:"
+                                   f" {first}") from None
+        missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(sd, n, None) is None]
+        check(not missing, f"{pretrained_model_name_or_path} has no {', '.join(missing)}: give a Stable Diffusion "
+                           "(text-to-image) pipeline folder or hub id")
+        if unet is None:  # a separate copy: stage one keeps SD's U-Net as it is
+            unet = VideoUNet.from_pretrained_2d(copy.deepcopy(sd.unet))
+        return cls(unet, sd.vae, sd.text_encoder, sd.tokenizer, scheduler=sd.scheduler, interp_unet=interp_unet,
+                   key_frame_unet=sd.unet, **settings)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "MicroCinemaPipeline":
