@@ -133,7 +133,7 @@ def video_unet():
     return model.eval()
 
 
-SHIPPED_VIDEO = {  # the loss settings of the shipped phases (configs/video.yaml) and of interp
+SHIPPED_VIDEO = {  # the loss settings of the shipped phases (embedded/configs/video.yaml) and of interp
     "video_base": dict(kind="video", lam=0.03, condition_dropout=0.1),
     "video_text_modulation": dict(kind="video", lam=0.03, condition_dropout=0.1, high_noise_fraction=0.5,
                                   high_noise_from=850, max_x0_weight=5.0),
@@ -211,3 +211,68 @@ def test_weightings():
 
     snr = compute_snr(DDPMScheduler(**SD), t).double()
     torch.testing.assert_close(v_w, (snr.clamp(max=5.0) / (snr + 1)).float(), rtol=1e-5, atol=0)
+
+
+@torch.no_grad()
+def test_v_prediction_with_hidden_motion_targets_the_velocity_of_the_clip_and_the_hidden_motion_noise():
+    """Under v-prediction with hide_motion_from the target is v = sqrt(abar) eps' - sqrt(1 - abar) x0 with eps'
+    the noise the hidden-motion input implies (eps + sqrt(abar / (1 - abar)) (z_c - x0) where t >= start, else
+    eps), so a perfect v prediction still implies the clip x0."""
+    from microcinema.systems.microcinema.task import make_loss
+
+    cache, batch = fake_cache((4, 5, 8, 8), b=8)
+    seen = {}
+
+    class Model:  # predicts its own input: a non-zero prediction, so the loss pins the target down
+        def __call__(self, z_t, t, **kwargs):
+            seen.update(z_t=z_t, t=t, condition=kwargs["condition"])
+            return type("Out", (), {"sample": z_t})()
+
+    lam, sf = 0.03, 0.7
+    loss = make_loss("video", cache, sf, lam=lam, condition_dropout=0.0, high_noise_fraction=0.5, high_noise_from=800,
+                     hide_motion_from=900, prediction_type="v_prediction")
+    loss = loss(Model(), batch, torch.Generator().manual_seed(5))
+    t = seen["t"]
+    assert bool((t >= 900).any()) and bool((t < 900).any())  # both branches in the batch
+    x0, z_c = batch["latent_mean"] * sf, seen["condition"]
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5)) + lam * z_c  # the first draw
+    abar = _abar()[t].float().view(-1, 1, 1, 1, 1)
+    hidden = (t >= 900).view(-1, 1, 1, 1, 1)
+    eps_hidden = torch.where(hidden, eps + (abar / (1 - abar)).sqrt() * (z_c - x0), eps)
+    torch.testing.assert_close(seen["z_t"], abar.sqrt() * torch.where(hidden, z_c, x0) + (1 - abar).sqrt() * eps,
+                               rtol=1e-5, atol=1e-5)
+    # the input's implied clean sample under the target is the clip: z_t = sqrt(abar) x0 + sqrt(1 - abar) eps'
+    torch.testing.assert_close(seen["z_t"], abar.sqrt() * x0 + (1 - abar).sqrt() * eps_hidden, rtol=1e-4, atol=1e-4)
+    v = abar.sqrt() * eps_hidden - (1 - abar).sqrt() * x0
+    torch.testing.assert_close(loss, _frozen_mse(seen["z_t"], v).mean(), rtol=1e-5, atol=0)
+    v_plain = abar.sqrt() * eps - (1 - abar).sqrt() * x0  # the target had the motion not been hidden: another
+    rows = t >= 900
+    assert float((v - v_plain)[rows].abs().max()) > 1e-3 and torch.equal(v[~rows], v_plain[~rows])
+
+
+def test_max_x0_weight_is_refused_under_v_prediction_and_min_snr_weighting_is_a_loss_option():
+    from microcinema.core.errors import MicroCinemaError
+    from microcinema.systems.microcinema.task import make_loss
+
+    cache, batch = fake_cache((4, 3, 8, 8), b=4)
+    with pytest.raises(MicroCinemaError, match="max_x0_weight is an epsilon-loss weighting"):
+        make_loss("video", cache, 0.7, lam=0.03, condition_dropout=0.1, max_x0_weight=5.0,
+                  prediction_type="v_prediction")
+    seen = {}
+
+    class Model:
+        def __call__(self, z_t, t, **kwargs):
+            seen["t"] = t
+            return type("Out", (), {"sample": torch.zeros_like(z_t)})()
+
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    plain = make_loss("video", cache, 0.7, lam=0.0, condition_dropout=0.0)
+    weighted = make_loss("video", cache, 0.7, lam=0.0, condition_dropout=0.0, min_snr_gamma=5.0)
+    per_sample_plain = plain(Model(), batch, g())
+    weights = min_snr_weighting(5.0)(seen["t"])
+    assert not torch.equal(weights, torch.ones_like(weights))
+    # same draws, the per-sample errors weighted: compare against the weighted mean of the plain per-sample loss
+    x0 = batch["latent_mean"] * 0.7
+    n = torch.randn(x0.shape, generator=g())
+    torch.testing.assert_close(per_sample_plain, _frozen_mse(torch.zeros_like(n), n).mean())
+    torch.testing.assert_close(weighted(Model(), batch, g()), (weights * _frozen_mse(torch.zeros_like(n), n)).mean())

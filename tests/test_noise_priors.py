@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from microcinema.core.diffusion import diffusion_loss
+from microcinema.core.diffusion import DiffusionLoss
 from microcinema.core.errors import MicroCinemaError
 from microcinema.systems.microcinema.noise_prior import appearance_init_mean, appearance_noise
 from microcinema.core.samplers import sample
@@ -34,7 +34,9 @@ def test_zero_lambda_and_gamma_is_exactly_plain_diffusion():
     assert torch.equal(appearance_noise(key, n, lam=0.0), n)
     model = lambda z, t: 0.5 * z  # noqa: E731  any eps model
     t = torch.tensor([10, 900])
-    assert torch.equal(diffusion_loss(model, x0, appearance_noise(key, n, 0.0), t), diffusion_loss(model, x0, n, t))
+    loss = DiffusionLoss(timesteps=lambda b, g: t)
+    assert torch.equal(loss(model, x0, torch.Generator(), noise_prior=lambda m: appearance_noise(key, m, 0.0)),
+                       loss(model, x0, torch.Generator()))
     start = torch.randn(2, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
     plain = sample(model, start, num_inference_steps=4, progress=False)
     prior = sample(model, start, num_inference_steps=4, progress=False,

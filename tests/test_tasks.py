@@ -111,7 +111,7 @@ def test_stage_two_tasks_train_from_a_t2i_unet(trained_vae, tmp_path, task):
 
 
 def video_config(path, **changes):
-    """configs/video.yaml's first phase (no ``phases``) with ``changes`` (sections replaced, not merged)."""
+    """embedded/configs/video.yaml's first phase (no ``phases``) with ``changes`` (sections replaced, not merged)."""
     config = load_config("video")
     config.pop("_path")
     config.pop("phases")
@@ -147,7 +147,7 @@ def test_video_training_continues_from_a_trained_video_unet(trained_vae, tmp_pat
 
 
 def test_video_phases_run_in_order_grow_the_model_and_skip_finished_phases(trained_vae, tmp_path, capsys):
-    """configs/video.yaml's layout: a first phase, then phases that grow the model and change loss/data/train."""
+    """embedded/configs/video.yaml's layout: a first phase, then phases that grow the model and change loss/data/train."""
     from microcinema.models.unet3d import VideoUNet
     from microcinema.testing import tiny_unet2d
 

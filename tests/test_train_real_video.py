@@ -243,3 +243,58 @@ def test_two_process_accelerate_launch_on_cpu_trains_on_disjoint_clips(sd_v, sha
     assert keys[0] and keys[1] and not keys[0] & keys[1]
     assert keys[0] | keys[1] == {"000000000", "000000001", "000010002", "000010003"}
     check_run(run)
+
+
+def test_a_phased_run_from_an_sd_folder_keeps_its_vae_text_encoder_and_v_prediction_in_every_phase(sd_v, shards,
+                                                                                                  tmp_path):
+    """Phase 2 starts from phase 1's VideoUNet folder, which holds no VAE, text encoder or scheduler: it must
+    still encode with the SD folder's VAE and CLIP and train the v-prediction target (not the tiny family's
+    VAE, MiniLM and epsilon)."""
+    from microcinema.training.tasks import run_task
+
+    data = {"type": "webdataset", "shards": str(shards / "{00000..00001}.tar"), **CLIP}
+    config = yaml.safe_load(video_config(tmp_path / "v.yaml", sd_v, data, max_steps=1, checkpoint_every=10).read_text())
+    config["phases"] = [{"name": "grow", "model": {"frame_text_modulation": True}, "train": {"seed": 2}}]
+    run = tmp_path / "run"
+    report = run_task("video", config, str(run))
+    assert list(report["phases"]) == ["base", "grow"] and report["steps"] == 2
+    for folder in (run / "phases" / "0_base", run / "phases" / "1_grow", run):
+        components = json.loads((folder / "components.json").read_text())
+        assert components["vae"] == components["text_encoder"] == str(sd_v), (folder, components)
+        assert components["prediction_type"] == "v_prediction", folder
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        assert scheduler["prediction_type"] == "v_prediction"
+    # the second phase's latent cache was encoded by the SD folder's encoders (its fingerprint says so, and
+    # its text states have CLIP's width)
+    from microcinema.core.text_encoders import load_text_encoder
+    from microcinema.data.latent_cache import load_chunked_cache
+
+    latents = run / "phases" / "1_grow" / "latents" / "clips-rank000-of-001"
+    fingerprint = json.loads((latents / "fingerprint.json").read_text())
+    assert fingerprint["text_encoder"] == str(sd_v)
+    width = load_text_encoder(str(sd_v), cache_size=0).hidden_size
+    assert load_chunked_cache(latents).tensors["text_states"].shape[-1] == width != 384  # 384: MiniLM's
+
+
+def test_a_missing_webdataset_shard_is_a_one_line_error(shards, tmp_path):
+    from microcinema.core.errors import MicroCinemaError
+    from microcinema.data.webdataset import expand_shards
+
+    assert len(expand_shards(str(shards / "{00000..00001}.tar"))) == 2
+    with pytest.raises(MicroCinemaError, match=r"WebDataset shard .*00002\.tar not found \(3 shards in") as info:
+        expand_shards(str(shards / "{00000..00002}.tar"))
+    assert "\n" not in str(info.value)
+    remote = ["https://example.com/a-000.tar", "s3://bucket/b.tar", "pipe:curl -s http://x/c.tar", "gs://b/d.tar"]
+    assert expand_shards(remote) == remote  # URLs and pipe: commands are opened by webdataset, not checked here
+
+
+def test_a_caption_table_with_fewer_rows_than_processes_is_refused_on_every_process(webvid_csv):
+    from microcinema.core.errors import MicroCinemaError
+    from microcinema.data.build import real_samples
+    from microcinema.training.config import parse_data
+
+    data = parse_data({"type": "captions", "table": str(webvid_csv), **CLIP})
+    real_samples(data, "clips", 3, 4)  # 4 rows, 4 processes: one each
+    for rank in range(5):  # every process raises the same error up front (none is left waiting at a barrier)
+        with pytest.raises(MicroCinemaError, match="has 4 rows for 5 processes; every process needs at least one"):
+            real_samples(data, "clips", rank, 5)

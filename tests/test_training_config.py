@@ -25,7 +25,7 @@ def _with(config: dict, section: str | None, key: str, value) -> dict:
     ("video", "data", "nmu"),
     ("video", None, "init_form"),
     ("t2i", "loss", "max_x0_weight"),       # a loss option no shipped text-to-image model uses: gone
-    ("t2i", "loss", "min_snr_gamma"),
+    ("t2i", "loss", "min_snr_gama"),
     ("t2i", None, "phases_"),
 ])
 def test_unknown_keys_name_the_key_the_section_and_the_allowed_keys(task, section, key):
@@ -88,3 +88,53 @@ def test_the_cli_reports_a_typo_in_one_line_before_any_work(tmp_path, capsys, ta
     err = capsys.readouterr().err
     assert f"unknown key {key!r} in section '{section}'" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # nothing was done
+
+
+@pytest.mark.parametrize("value", [900.5, "900", True, -1])
+def test_hide_motion_from_must_be_an_integer_timestep_or_null(value):
+    config = load_config("video")
+    config["loss"]["hide_motion_from"] = value
+    with pytest.raises(MicroCinemaError, match=r"hide_motion_from must be an integer timestep in \[0, "
+                                               r"num_train_timesteps\) or null") as info:
+        parse_diffusion_config(config, "video")
+    assert "\n" not in str(info.value)
+    config["loss"]["hide_motion_from"] = None
+    parse_diffusion_config(config, "video")
+
+
+def test_loss_options_against_the_schedule_are_refused_before_any_training(tmp_path):
+    """hide_motion_from beyond the schedule, and max_x0_weight (an epsilon-loss weight) under v-prediction,
+    are one-line errors of `train` before any phase starts (no run folder written)."""
+    from microcinema.systems.microcinema.task import train
+
+    config = load_config("video")
+    config["phases"][3]["loss"]["hide_motion_from"] = 1000
+    with pytest.raises(MicroCinemaError, match=r"hide_motion_from must be an integer timestep in \[0, 1000\)"):
+        train(config, tmp_path / "a")
+    config = load_config("video")
+    config["loss"]["prediction_type"] = "v_prediction"  # phase text_modulation sets max_x0_weight: 5
+    with pytest.raises(MicroCinemaError, match="max_x0_weight is an epsilon-loss weighting; drop it"):
+        train(config, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="max_x0_weight and min_snr_gamma are two loss weightings"):
+        VideoLoss(max_x0_weight=5.0, min_snr_gamma=5.0)
+    with pytest.raises(ValueError, match="min_snr_gamma must be a number > 0"):
+        VideoLoss(min_snr_gamma=0)
+
+
+def test_every_phase_model_section_is_checked_before_any_training():
+    from microcinema.systems.microcinema.task import phase_configs
+
+    config = load_config("video")
+    config["phases"][4]["model"] = {"appearance_atention": True}  # the last phase: a typo
+    with pytest.raises(MicroCinemaError, match=r"phases \(appearance_attention\): model .* may only switch on"):
+        phase_configs(config)
+    config = load_config("video")
+    config["phases"][1]["model"] = {"injection": "concat"}  # not an option that grows a trained model
+    with pytest.raises(MicroCinemaError, match="may only switch on \\(true\\) the options that grow"):
+        phase_configs(config)
+    config = load_config("video")
+    config["model"]["temporal_head_dim"] = 4  # a typo in the first phase: named with the phase
+    with pytest.raises(MicroCinemaError, match=r"unknown key 'temporal_head_dim' in section 'model' \(phase base\)"):
+        phase_configs(config)
+    assert len(phase_configs(load_config("video"))) == 6

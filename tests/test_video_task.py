@@ -1,4 +1,4 @@
-"""Stage two's training task in isolation (microcinema/tasks/video.py): the conditions of the base and the
+"""Stage two's training task in isolation (microcinema/systems/microcinema/task.py): the conditions of the base and the
 interpolation models, and what the loss feeds the network (Appearance Noise Prior, section 3.3, eq. 3-5)."""
 
 from __future__ import annotations

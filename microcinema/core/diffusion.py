@@ -45,7 +45,6 @@ __all__ = [
     "add_noise",
     "high_noise_timesteps",
     "x0_loss_weights",
-    "diffusion_loss",
     "per_sample_mse",
     "random_timesteps",
     "PREDICTION_TYPES",
@@ -111,7 +110,7 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     per-sample ``(B,)`` value over a latent of any rank)."""
     missing = ndim - v.ndim
     if missing < 0:
-        raise ValueError(f"tensor has {v.ndim} dims, more than the target {ndim}")
+        raise MicroCinemaError(f"tensor has {v.ndim} dims, more than the target {ndim}")
     return v.reshape(*v.shape, *([1] * missing))
 
 
@@ -177,7 +176,7 @@ class VPDenoiser:
         if s.ndim == 0:
             s = s.expand(x.shape[0])
         if s.shape != (x.shape[0],):
-            raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(s.shape)}")
+            raise MicroCinemaError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(s.shape)}")
         return s
 
     def eps(self, x: Tensor, sigma: float | Tensor) -> Tensor:
@@ -211,31 +210,9 @@ def add_noise(x0: Tensor, noise: Tensor, timesteps: Tensor, scheduler: Any = Non
     shape ``(B,)``; ``scheduler`` defaults to SD's (:func:`make_training_scheduler`).
     """
     if noise.shape != x0.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+        raise MicroCinemaError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
     a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), x0)
     return a * x0 + b * noise
-
-
-def diffusion_loss(
-    eps_model: EpsModel,
-    x0: Tensor,
-    noise: Tensor,
-    timesteps: Tensor,
-    scheduler: Any = None,
-    reduction: str = "mean",
-) -> Tensor:
-    """Epsilon-prediction loss ``|| eps_model(z_t, t) - noise ||^2`` (Ho et al. 2020, eq. 14).
-
-    The regression target is the very ``noise`` used to corrupt ``x0``, so a noise prior changes target and
-    input together (MicroCinema appendix B, eq. 27). ``reduction`` is ``"mean"`` (scalar) or ``"none"``
-    (per-sample mean over all non-batch dimensions, shape ``(B,)``, for weighting).
-    """
-    if reduction not in ("mean", "none"):
-        raise MicroCinemaError(f"unknown reduction {reduction!r}; allowed: 'mean', 'none'")
-    z_t = add_noise(x0, noise, timesteps, scheduler)
-    pred = eps_model(z_t, timesteps.to(device=x0.device, dtype=torch.float32))
-    per_sample = per_sample_mse(pred, noise)
-    return per_sample.mean() if reduction == "mean" else per_sample
 
 
 def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:

@@ -9,6 +9,11 @@
   the trainer then draws each process's batches from its own cache (``Trainer(local_data=True)``).
   Items carry their sample key (the table's video path, the shard sample's ``__key__``), which the trainer
   records per process (``output_dir/samples_seen/rank_<r>.json``).
+  A caption table with fewer rows than processes is refused up front, on every process. **Not covered:** a
+  process whose share has rows (or shards) but no *usable* sample (every video too short or undecodable, or
+  fewer WebDataset samples than processes) raises its "no usable sample" error alone, and the other
+  processes then wait for it at the next collective call until the launcher's timeout; a one-process run on
+  the same data (``data: limit`` keeps it short) shows the error when a launch hangs at the start.
 
 ``kind``: ``"clips"`` (video, interp: ``num_frames`` frames at ``fps``) or ``"keyframes"`` (t2i: one frame
 per video, its centre frame).
@@ -77,6 +82,9 @@ def real_samples(data: Any, kind: str, process_index: int = 0, num_processes: in
         from microcinema.data.video_dataset import VideoCaptionDataset, _Skip
 
         table = VideoCaptionDataset(data.table, data.video_root, **settings)
+        if len(table) < num_processes:  # checked on every process: none is left waiting for the others
+            raise MicroCinemaError(f"caption table {data.table} has {len(table)} rows for {num_processes} "
+                                   "processes; every process needs at least one: give more rows or fewer processes")
         mine = list(range(process_index, len(table), num_processes))
         root = Path(data.video_root) if data.video_root else Path(data.table).parent
 

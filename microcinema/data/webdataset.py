@@ -44,7 +44,19 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
     urls = [url for pattern in patterns for url in expand_urls(str(pattern))]
     if not urls:
         raise MicroCinemaError(f"no WebDataset shards in {shards!r}; give a brace pattern or a list of .tar files")
+    missing = next((u for u in urls if not _is_remote(u) and not os.path.isfile(u)), None)
+    if missing is not None:
+        raise MicroCinemaError(f"WebDataset shard {missing} not found ({len(urls)} shards in {shards!r}); "
+                               "give existing .tar files (or URLs / pipe: commands)")
     return urls
+
+
+def _is_remote(url: str) -> bool:
+    """A URL with a scheme (``http://``, ``s3://``, ``gs://``, ...) or a ``pipe:`` command: not checked here."""
+    if url.startswith("pipe:"):
+        return True
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.replace("+", "").isalnum() and len(scheme) > 1
 
 
 def split_shards(urls: list[str], process_index: int, num_processes: int) -> tuple[list[str], int, int]:

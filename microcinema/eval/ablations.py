@@ -127,7 +127,7 @@ def tables(budget: Budget) -> list[dict[str, Any]]:
 
 def variant_config(base: dict[str, Any], variant: Variant, budget: Budget) -> dict[str, Any]:
     config = copy.deepcopy(base)
-    config.pop("phases", None)  # the paper's recipe: the first phase of configs/video.yaml
+    config.pop("phases", None)  # the paper's recipe: the first phase of embedded/configs/video.yaml
     config["model"] = {**config.get("model", {}), "injection": variant.injection}
     config["loss"] = {**config.get("loss", {}), "noise_prior_lambda": variant.lam}
     if budget.data_num is not None:

@@ -97,19 +97,29 @@ def build_latent_cache(config: dict[str, Any], output_dir: str | os.PathLike, va
 
 
 def build_task_cache(config: dict[str, Any], data: Any, output_dir: str | os.PathLike, vae: Any, text_encoder: str,
-                     kind: str, procedural: Any, batch_size: int = 64) -> tuple[Any, bool]:
+                     kind: str, procedural: Any, batch_size: int = 64, mixed_precision: str = "no"
+                     ) -> tuple[Any, bool]:
     """A diffusion task's latent cache and whether it is this process's own share (real data, split across
     processes: ``Trainer(local_data=True)``). ``procedural()`` builds the procedural data set
-    (:mod:`microcinema.data.build` explains both paths)."""
+    (:mod:`microcinema.data.build` explains both paths). Real data is encoded on this process's device
+    (accelerate's ``PartialState().device``: each GPU encodes its own share) in fp32, or on a GPU in fp16 /
+    bf16 when ``mixed_precision`` says so; the cache is stored on the CPU in fp32 (latents) and fp16 (text states)."""
     if data.type == "procedural":
         return build_latent_cache({**config, "text_encoder": text_encoder}, output_dir, vae, procedural(), kind,
                                   batch_size), False
     from microcinema.core.text_encoders import load_text_encoder
-    from microcinema.data.build import build_real_cache
+    from microcinema.data.build import build_real_cache, process_state
 
     fingerprint = {"vae": config.get("vae"), "vae_config": dict(vae.config), "text_encoder": text_encoder}
-    return build_real_cache(data, kind, output_dir, vae, load_text_encoder(text_encoder, cache_size=0), fingerprint,
-                            batch_size=batch_size), True
+    device = process_state().device
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    dtype = torch.float32 if device.type == "cpu" else half  # on a CPU: fp32, the cache as before
+    encoder = load_text_encoder(text_encoder, cache_size=0)
+    vae.to(device, dtype), encoder.to(device, dtype)
+    try:
+        return build_real_cache(data, kind, output_dir, vae, encoder, fingerprint, batch_size=batch_size), True
+    finally:
+        vae.to("cpu", torch.float32)  # the caller keeps the VAE (its config); the encoders' memory is freed
 
 
 

@@ -194,6 +194,7 @@ class T2ILoss:
     condition_dropout: float
     latents: str = "mode"                 # "mode": the VAE posterior mean; "sample": a fresh draw
     prediction_type: str | None = None    # default: the init model's scheduler config, else epsilon
+    min_snr_gamma: float | None = None    # Min-SNR-gamma weighting (Hang et al. 2023; paper default 5)
 
     def __post_init__(self) -> None:
         _check_loss(self)
@@ -212,6 +213,7 @@ class VideoLoss:
     max_x0_weight: float = 1.0            # weighting hook: clamp(1 / SNR, 1, max_x0_weight)
     hide_motion_from: int | None = None   # input hook: noise_prior.hide_motion_at_high_noise
     prediction_type: str | None = None
+    min_snr_gamma: float | None = None    # Min-SNR-gamma weighting (Hang et al. 2023); not with max_x0_weight
 
     def __post_init__(self) -> None:
         _check_loss(self)
@@ -219,8 +221,33 @@ class VideoLoss:
             raise ValueError(f"high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}")
         if self.max_x0_weight < 1:
             raise ValueError(f"max_x0_weight must be >= 1, got {self.max_x0_weight}")
+        if self.max_x0_weight != 1 and self.prediction_type not in (None, "epsilon"):
+            raise ValueError(f"max_x0_weight is an epsilon-loss weighting; drop it (or set 1) for prediction_type "
+                             f"{self.prediction_type!r}")
+        if self.max_x0_weight != 1 and self.min_snr_gamma is not None:
+            raise ValueError("max_x0_weight and min_snr_gamma are two loss weightings; set one of them")
+        # timesteps: integers >= 0 here; below the schedule's num_train_timesteps (check_timesteps, when the
+        # task knows its schedule, before any work)
+        if self.hide_motion_from is not None and not _is_step(self.hide_motion_from):
+            raise ValueError(f"hide_motion_from must be an integer timestep in [0, num_train_timesteps) or null, "
+                             f"got {self.hide_motion_from!r}")
+        if not _is_step(self.high_noise_from):
+            raise ValueError(f"high_noise_from must be an integer timestep in [0, num_train_timesteps), "
+                             f"got {self.high_noise_from!r}")
         if self.noise_prior_lambda < 0:
             raise ValueError(f"noise_prior_lambda must be >= 0, got {self.noise_prior_lambda}")
+
+    def check_timesteps(self, num_train_timesteps: int, path: Any = None) -> None:
+        """The timestep options against the training schedule's length (one-line error)."""
+        for name in ("hide_motion_from", "high_noise_from"):
+            value = getattr(self, name)
+            if value is not None and not value < num_train_timesteps:
+                raise MicroCinemaError(f"{_where(path)}: section 'loss': {name} must be an integer timestep in "
+                                       f"[0, {num_train_timesteps}) or null, got {value!r}")
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_loss(loss: Any) -> None:
@@ -230,6 +257,9 @@ def _check_loss(loss: Any) -> None:
         raise ValueError(f"latents must be 'mode' or 'sample', got {loss.latents!r}")
     if loss.prediction_type is not None and loss.prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {loss.prediction_type!r}")
+    gamma = loss.min_snr_gamma
+    if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):
+        raise ValueError(f"min_snr_gamma must be a number > 0 or null, got {gamma!r}")
 
 
 # --------------------------------------------------------------------------------------------- whole config

@@ -241,7 +241,11 @@ class _EpochBatches:
 
 class EMA:
     """Exponential moving average of parameters, kept in fp32. The decay warms up as in diffusers'
-    ``EMAModel``: update ``k`` (0-based) uses ``min(decay, (1 + k) / (10 + k))``."""
+    ``EMAModel``: update ``k`` (0-based) uses ``min(decay, (1 + k) / (10 + k))``.
+
+    Why not ``EMAModel`` itself: this keeps fp32 shadows of the trainable parameters only (whatever the
+    model's dtype) and a minimal ``state_dict`` that ``register_for_checkpointing`` saves with the optimizer,
+    so a resumed run continues the average bit for bit."""
 
     def __init__(self, params: list[nn.Parameter], decay: float):
         self.decay = decay
@@ -475,6 +479,9 @@ class Trainer:
         )
         # Not passed to prepare(): an AcceleratedScheduler steps once per process; this one steps once per
         # optimizer step, whatever the process count. Saved through register_for_checkpointing.
+        # Not diffusers' get_scheduler: lr_factor is a pure function of (step, config), so a resumed run
+        # recomputes it exactly from the restored step and a max_steps raised on resume stretches the decay
+        # to the new end; its warm-up starts above zero (get_scheduler's first step has learning rate 0).
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema = EMA(self.trainable_params, config.ema_decay) if config.ema_decay is not None else None

@@ -20,7 +20,9 @@ Spatial (inherited 2D) weights learn 10x slower than the new temporal/AppearNet 
 
 **Phases.** A config with ``phases:`` runs the top-level settings as the first phase (named ``base``), then
 each phase in order, each starting from the previous one's final EMA weights with the changes it names
-(:class:`~microcinema.training.config.Phase`), in ``output_dir/phases/<n>_<name>/``. A finished phase
+(:class:`~microcinema.training.config.Phase`), in ``output_dir/phases/<n>_<name>/``; every phase uses the
+first phase's VAE, text encoder and training schedule (:func:`stage_two_components`), and every phase's
+settings are checked before the first one starts. A finished phase
 (``done.json``) is skipped on restart, an interrupted one resumes from its checkpoints. The last phase's
 weights are the run's: copied to ``output_dir/final`` and exported.
 """
@@ -37,8 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from microcinema.core.diffusion import (DiffusionLoss, high_noise_mix, prediction_type_of, uniform_weighting,
-                                        x0_weighting)
+from microcinema.core.diffusion import (DiffusionLoss, high_noise_mix, min_snr_weighting, prediction_type_of,
+                                        uniform_weighting, x0_weighting)
 from microcinema.core.errors import MicroCinemaError, check
 from microcinema.data.latent_cache import LatentCache
 from microcinema.data.synthetic import DIGIT_WEIGHT
@@ -71,22 +73,30 @@ def make_condition(kind: str, z0: torch.Tensor) -> torch.Tensor:
 
 def make_loss(kind: str, cache: LatentCache, scaling_factor: float, *, lam: float, condition_dropout: float,
               latents: str = "mode", high_noise_fraction: float = 0.0, high_noise_from: int = 850,
-              max_x0_weight: float = 1.0, hide_motion_from: int | None = None, scheduler: Any = None,
-              prediction_type: str = "epsilon"):
+              max_x0_weight: float = 1.0, hide_motion_from: int | None = None, min_snr_gamma: float | None = None,
+              scheduler: Any = None, prediction_type: str = "epsilon"):
     """The training loss: :class:`DiffusionLoss` with the Appearance Noise Prior (``lam``) as its noise.
     ``high_noise_fraction`` / ``high_noise_from``: extra timesteps from ``[high_noise_from, 1000)``
     (:func:`~microcinema.core.diffusion.high_noise_mix`); ``max_x0_weight``: weight the high noise levels as an
     x0-loss, up to that factor (:func:`~microcinema.core.diffusion.x0_weighting`); ``hide_motion_from``: from that
     timestep up, the input's signal is the condition, not the clip
-    (:func:`~microcinema.systems.microcinema.noise_prior.hide_motion_at_high_noise`).
+    (:func:`~microcinema.systems.microcinema.noise_prior.hide_motion_at_high_noise`); ``min_snr_gamma``:
+    Min-SNR-gamma weighting (:func:`~microcinema.core.diffusion.min_snr_weighting`).
     Defaults: the plain epsilon loss with uniform timesteps (the paper's)."""
     from microcinema.core.diffusion import make_training_scheduler
 
     scheduler = make_training_scheduler() if scheduler is None else scheduler
+    check(max_x0_weight == 1 or prediction_type == "epsilon",
+          f"max_x0_weight is an epsilon-loss weighting; drop it (or set 1) for prediction_type {prediction_type!r}")
+    check(max_x0_weight == 1 or min_snr_gamma is None, "max_x0_weight and min_snr_gamma are two loss weightings; "
+          "set one of them")
+    if min_snr_gamma is not None:
+        weighting = min_snr_weighting(min_snr_gamma, scheduler, prediction_type)
+    else:
+        weighting = x0_weighting(max_x0_weight, scheduler) if max_x0_weight != 1 else uniform_weighting()
     loss = DiffusionLoss(scheduler, timesteps=high_noise_mix(high_noise_fraction, high_noise_from,
                                                              int(scheduler.config.num_train_timesteps)),
-                         weighting=x0_weighting(max_x0_weight, scheduler) if max_x0_weight != 1 else uniform_weighting(),
-                         prediction_type=prediction_type)
+                         weighting=weighting, prediction_type=prediction_type)
     p_drop = condition_dropout if kind == "video" else 1.0  # interp: always the empty prompt
 
     def loss_fn(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -111,9 +121,10 @@ def build_cache(config: dict[str, Any], output_dir: str | Path, vae, text_encode
     return build_cache_and_layout(config, output_dir, vae, text_encoder)[0]
 
 
-def build_cache_and_layout(config: dict[str, Any], output_dir: str | Path, vae, text_encoder: str = "minilm"
-                           ) -> tuple[LatentCache, bool]:
-    """The clips' latent cache and whether it is this process's own share (real data)."""
+def build_cache_and_layout(config: dict[str, Any], output_dir: str | Path, vae, text_encoder: str = "minilm",
+                           mixed_precision: str = "no") -> tuple[LatentCache, bool]:
+    """The clips' latent cache and whether it is this process's own share (real data; encoded on this
+    process's device, in ``mixed_precision``'s dtype)."""
     data = parse_diffusion_config(config, "video").data
 
     def procedural() -> SyntheticVideoDataset:
@@ -121,7 +132,8 @@ def build_cache_and_layout(config: dict[str, Any], output_dir: str | Path, vae, 
         return SyntheticVideoDataset(data.num, seed=data.seed, num_frames=data.num_frames, fps=data.fps,
                                      size=data.size, digit_weight=weight)
 
-    return build_task_cache(config, data, output_dir, vae, text_encoder, "clips", procedural, batch_size=16)
+    return build_task_cache(config, data, output_dir, vae, text_encoder, "clips", procedural, batch_size=16,
+                            mixed_precision=mixed_precision)
 
 
 def build_model(config: dict[str, Any]):
@@ -200,18 +212,55 @@ def phase_configs(config: dict[str, Any]) -> list[tuple[str, dict[str, Any], boo
         same_type = phase.data.get("type", "procedural") == previous["data"].get("type", "procedural")
         current["data"] = {**previous["data"], **phase.data} if same_type or not phase.data else dict(phase.data)
         current["train"] = {**previous["train"], **phase.train}
+        check(not phase.model or _growable(phase.model),
+              f"config {parsed.path}: phases ({phase.name}): model {phase.model} may only switch on (true) the "
+              f"options that grow a trained model: {', '.join(GROWABLE)}")
         parse_diffusion_config(current, "video")  # each phase's merged settings are checked up front
         result.append((phase.name, current, phase.from_fp16))
+    for name, phase_config, _ in result:  # every phase's model keys, before any training
+        check_model_keys(phase_config.get("model") or {}, parsed.path, name)
     return result
+
+
+def check_model_keys(model: dict[str, Any], path: Any = None, phase: str | None = None) -> None:
+    """The ``model:`` keys (of a phase: merged with the earlier phases') must be :class:`VideoUNet` options."""
+    from microcinema.models.unet3d import VideoUNet
+
+    allowed = sorted(VideoUNet._get_init_keys(VideoUNet) - {"self", "unet", "unet_config"})
+    where = "section 'model'" + (f" (phase {phase})" if phase else "")
+    check(all(k in allowed for k in model),
+          f"config {path}: unknown key {next((k for k in model if k not in allowed), '')!r} in {where}; "
+          f"allowed: {', '.join(allowed)}")
+
+
+def stage_two_components(config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The frozen VAE and text encoder names and the training scheduler of a run, from its (first phase's)
+    ``init_from``: an SD folder brings its own. Later phases start from a trained VideoUNet folder, which
+    has none of them, so every phase uses these (not its own ``init_from``'s)."""
+    init_from = config.get("init_from")
+    return resolve_components(config, init_from), training_scheduler(init_from)
+
+
+def _prediction_type(loss: VideoLoss, scheduler: Any, path: Any = None) -> str:
+    """The loss's target (the config's, else the scheduler's); the loss options checked against it and the
+    schedule's length."""
+    prediction_type = loss.prediction_type or prediction_type_of(dict(scheduler.config))
+    loss.check_timesteps(int(scheduler.config.num_train_timesteps), path)
+    check(loss.max_x0_weight == 1 or prediction_type == "epsilon",
+          f"config {path}: max_x0_weight is an epsilon-loss weighting; drop it (or set 1) for prediction_type "
+          f"{prediction_type!r}")
+    return prediction_type
 
 
 def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None, *,
           kind: str = "video", **overrides: Any) -> dict[str, Any]:
     phases = phase_configs(config)
+    resolved = stage_two_components(config)  # from the first phase's init_from, for every phase
     for _, phase_config, _ in phases:  # every train section (with the overrides) is checked before any work
         train_config(phase_config, output_dir, **overrides)
+        _prediction_type(parse_diffusion_config(phase_config, "video").loss, resolved[1], config.get("_path"))
     if len(phases) == 1:
-        report = train_phase(config, output_dir, kind=kind, **overrides)
+        report = train_phase(config, output_dir, kind=kind, components=resolved, **overrides)
         final = Path(output_dir) / "final"
     else:
         started = time.time()
@@ -220,7 +269,7 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
             run = Path(output_dir) / "phases" / f"{n}_{name}"
             if previous is not None:
                 phase_config = {**phase_config, "init_from": str(_phase_init(previous, from_fp16))}
-            reports[name] = _run_phase(phase_config, run, previous, kind, overrides)
+            reports[name] = _run_phase(phase_config, run, previous, kind, overrides, resolved)
             previous = run
         final = Path(output_dir) / "final"
         if _is_main():
@@ -271,7 +320,8 @@ def _phase_init(previous: Path, from_fp16: bool) -> Path:
     return rounded
 
 
-def _run_phase(config: dict[str, Any], run: Path, previous: Path | None, kind: str, overrides: dict) -> dict:
+def _run_phase(config: dict[str, Any], run: Path, previous: Path | None, kind: str, overrides: dict,
+               components: tuple[dict[str, Any], Any]) -> dict:
     done = run / "done.json"
     if done.is_file():  # finished: skipped on restart
         return json.loads(done.read_text())
@@ -279,41 +329,39 @@ def _run_phase(config: dict[str, Any], run: Path, previous: Path | None, kind: s
     if previous is not None and _is_main() and not cache.exists() and (previous / "latents.safetensors").exists():
         run.mkdir(parents=True, exist_ok=True)  # same clips as the previous phase: reuse its encoding
         shutil.copyfile(previous / "latents.safetensors", cache)  # (the fingerprint check rebuilds otherwise)
-    report = train_phase(config, run, kind=kind, **overrides)
+    report = train_phase(config, run, kind=kind, components=components, **overrides)
     if _is_main():
         done.write_text(json.dumps(report, indent=2, default=str))
     return report
 
 
 def train_phase(config: dict[str, Any], output_dir: str | Path, *, kind: str = "video",
-                **overrides: Any) -> dict[str, Any]:
-    """One training run (one phase): ``init_from`` -> ``output_dir/final``."""
-    from microcinema.models.unet3d import VideoUNet
-
+                components: tuple[dict[str, Any], Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """One training run (one phase): ``init_from`` -> ``output_dir/final``. ``components``: the run's
+    ``(VAE / text encoder names, training scheduler)`` (:func:`stage_two_components`; default: from this
+    config's ``init_from``)."""
     parsed = parse_diffusion_config({k: v for k, v in config.items() if k != "phases"}, "video")
-    allowed = sorted(VideoUNet._get_init_keys(VideoUNet) - {"self", "unet", "unet_config"})
-    check(all(k in allowed for k in parsed.model),
-          f"config {parsed.path}: unknown key {next((k for k in parsed.model if k not in allowed), '')!r} in section "
-          f"'model'; allowed: {', '.join(allowed)}")
+    check_model_keys(parsed.model, parsed.path)
     train_settings = train_config(config, output_dir, **overrides)
     started = time.time()
-    components = resolve_components(config, parsed.init_from)
-    vae = load_vae(components["vae"])
-    cache, local = build_cache_and_layout(config, output_dir, vae, components["text_encoder"])
+    names, scheduler = components if components is not None else stage_two_components(config)
+    scheduler = copy.deepcopy(scheduler)  # write_components registers this phase's prediction type on it
+    loss: VideoLoss = parsed.loss
+    prediction_type = _prediction_type(loss, scheduler, parsed.path)
+    vae = load_vae(names["vae"])
+    cache, local = build_cache_and_layout(config, output_dir, vae, names["text_encoder"],
+                                          mixed_precision=train_settings.mixed_precision)
     torch.manual_seed(train_settings.seed)  # the randomly initialised new layers: the same for the same config
     model = build_model(config)
-    loss: VideoLoss = parsed.loss
-    scheduler = training_scheduler(parsed.init_from)
-    prediction_type = loss.prediction_type or prediction_type_of(dict(scheduler.config))
     loss_fn = make_loss(kind, cache, vae.config.scaling_factor, lam=loss.noise_prior_lambda,
                         condition_dropout=loss.condition_dropout, latents=loss.latents,
                         high_noise_fraction=loss.high_noise_fraction, high_noise_from=loss.high_noise_from,
                         max_x0_weight=loss.max_x0_weight, hide_motion_from=loss.hide_motion_from,
-                        scheduler=scheduler, prediction_type=prediction_type)
+                        min_snr_gamma=loss.min_snr_gamma, scheduler=scheduler, prediction_type=prediction_type)
     groups = model.parameter_groups(train_settings.learning_rate, spatial_lr_scale=loss.spatial_lr_scale)
     trainer = Trainer(model, cache, loss_fn, train_settings, param_groups=groups, local_data=local)
     result = trainer.train()
     if trainer.accelerator.is_main_process:
-        write_components(output_dir, components, scheduler, prediction_type)
+        write_components(output_dir, names, scheduler, prediction_type)
     return {"steps": result.global_step, "train_minutes": round((time.time() - started) / 60, 2),
             "final_loss": result.last_loss, "params": sum(p.numel() for p in model.parameters())}

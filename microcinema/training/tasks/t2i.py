@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
-from microcinema.core.diffusion import DiffusionLoss, make_training_scheduler, prediction_type_of
+from microcinema.core.diffusion import DiffusionLoss, make_training_scheduler, min_snr_weighting, prediction_type_of
 from microcinema.data.latent_cache import LatentCache
 from microcinema.data.synthetic import DIGIT_WEIGHT
 from microcinema.data.synthetic_dataset import SyntheticKeyFrameDataset
@@ -43,9 +43,9 @@ def text_conditioning(batch: dict, cache: LatentCache, drop: torch.Tensor) -> tu
 
 def sample_latents(batch: dict, scaling_factor: float, generator: torch.Generator, mode: bool = True) -> torch.Tensor:
     """Training latents from the cached VAE posterior, scaled to unit variance: its mean (``mode=True``) or a
-    fresh draw. The embedded VAE (KL weight 1e-6) has a wide posterior (std 0.80 against 0.55 spread of the
-    means) that its decoder learned to ignore; drawing from it would make the diffusion model spend its
-    capacity on that noise, so the tiny family trains on the mean, the latent the decoder is evaluated on."""
+    fresh draw. The embedded VAE (KL weight 1e-6) has a posterior std wider than the spread of its means,
+    which its decoder learned to ignore; drawing from it would make the diffusion model spend its capacity on
+    that noise, so the tiny family trains on the mean, the latent the decoder is evaluated on."""
     mean = batch["latent_mean"]
     if mode:
         return mean * scaling_factor
@@ -73,16 +73,18 @@ def make_loss(cache: LatentCache, scaling_factor: float, condition_dropout: floa
     return loss_fn
 
 
-def build_cache(config: dict[str, Any], output_dir: str | Path, vae: AutoencoderKL, text_encoder: str = "minilm"
-                ) -> tuple[LatentCache, bool]:
-    """The key frames' latent cache and whether it is this process's own share (real data)."""
+def build_cache(config: dict[str, Any], output_dir: str | Path, vae: AutoencoderKL, text_encoder: str = "minilm",
+                mixed_precision: str = "no") -> tuple[LatentCache, bool]:
+    """The key frames' latent cache and whether it is this process's own share (real data; encoded on this
+    process's device, in ``mixed_precision``'s dtype)."""
     data = parse_diffusion_config(config, "t2i").data
 
     def procedural() -> SyntheticKeyFrameDataset:
         weight = DIGIT_WEIGHT if data.digit_weight is None else data.digit_weight
         return SyntheticKeyFrameDataset(data.num, seed=data.seed, size=data.size, digit_weight=weight)
 
-    return build_task_cache(config, data, output_dir, vae, text_encoder, "keyframes", procedural)
+    return build_task_cache(config, data, output_dir, vae, text_encoder, "keyframes", procedural,
+                            mixed_precision=mixed_precision)
 
 
 def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | None = None,
@@ -93,12 +95,15 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     started = time.time()
     components = resolve_components(config, None)
     vae = load_vae(components["vae"])
-    cache, local = build_cache(config, output_dir, vae, components["text_encoder"])
+    cache, local = build_cache(config, output_dir, vae, components["text_encoder"],
+                               mixed_precision=train_settings.mixed_precision)
     unet = UNet2DConditionModel(**parsed.model)
     scheduler = make_training_scheduler()
     prediction_type = parsed.loss.prediction_type or prediction_type_of(dict(scheduler.config))
+    gamma = parsed.loss.min_snr_gamma
+    weighting = None if gamma is None else min_snr_weighting(gamma, scheduler, prediction_type)
     loss_fn = make_loss(cache, vae.config.scaling_factor, parsed.loss.condition_dropout, latents=parsed.loss.latents,
-                        loss=DiffusionLoss(scheduler, prediction_type=prediction_type))
+                        loss=DiffusionLoss(scheduler, weighting=weighting, prediction_type=prediction_type))
     trainer = Trainer(unet, cache, loss_fn, train_settings, local_data=local)
     result = trainer.train()
     if trainer.accelerator.is_main_process:
