@@ -269,8 +269,10 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let the model redraw the key frame too (the paper's sampling; default: the key frame is "
                              "kept exactly as the centre frame, microcinema.core.replacement)")
     parser.add_argument("--no-anchor-palette", action="store_true",
-                        help="let the interpolation model choose the in-between frames' colours (default: each one's "
-                             "mean is kept at the mean of its two neighbours, replacement.mean_anchor_eps_model)")
+                        help="let the interpolation model choose the in-between frames' colours (default: the "
+                             "model's saved interp_anchor_means: on for the embedded models, where each in-between "
+                             "frame's mean is kept at the mean of its two neighbours, "
+                             "replacement.mean_anchor_eps_model; off in a model saved with the class defaults)")
     parser.add_argument("--refine-strength", type=_fraction("--refine-strength"), default=None,
                         help="key-frame refinement of the base and in-between frames: the fraction of the steps "
                              "re-run from the key frame warped onto each frame's object (0 turns it off; default: the "
@@ -286,7 +288,10 @@ def _add_generate_commands(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("prompt", help="what should happen, e.g. 'a red circle moving left'")
     _add_video_arguments(generate)
     generate.add_argument("--key-frame-model", default=None,
-                          help="stage one: 'embedded' (default), a MicroCinema t2i folder, a diffusers pipeline or hub id")
+                          help="stage one: 'embedded' (the embedded text-to-image model), a MicroCinema t2i folder, a "
+                               "diffusers pipeline or hub id (default: the model's own: its key_frame_unet, as the "
+                               "embedded models and from_stable_diffusion have, or a t2i/ folder beside it; a model "
+                               "with neither needs this option, or use 'microcinema animate')")
     generate.add_argument("--save-key-frame", type=Path, default=None, help="also write the key frame as PNG")
     generate.set_defaults(func=_cmd_generate, image=None)
 

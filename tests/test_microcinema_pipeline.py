@@ -103,8 +103,8 @@ def test_save_and_load_through_diffusers(pipeline, tmp_path):
     ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
     ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1"),
     ({"output_type": "gif"}, "unknown output_type"),
-    ({"height": 18}, "height must be a positive multiple of 4 pixels"),
-    ({"width": 0}, "width must be a positive multiple of 4"),
+    ({"height": 17}, r"height must be a positive multiple of 2 pixels \(the VAE downsamples x2\), got 17"),
+    ({"width": 0}, "width must be a positive multiple of 2"),
     ({"num_videos_per_prompt": 0}, "num_videos_per_prompt must be an integer >= 1"),
     ({"decode_chunk_size": 0}, "decode_chunk_size must be an integer >= 1"),
     ({"negative_prompt": ["a", "b"]}, "negative_prompt must be a string or a list of 1 strings"),
@@ -341,3 +341,50 @@ def test_refinement_warps_every_frame_it_is_told_to_and_slices_the_clips_in_orde
     torch.testing.assert_close(inits[3], rearrange(clips, "b f c m h w -> (b f) c m h w"))
     pipeline("a red circle", num_inference_steps=4, progress=False, interpolate=False, pin_key_frame=False)
     assert seen[-1]["key_pixels"].shape == (1, 3, 16, 16)  # unpinned: the key frame itself is warped
+
+
+def test_no_stage_one_is_an_error_unless_the_embedded_one_is_asked_for(minilm_encoder, tmp_path):
+    from microcinema.cli import main
+    from microcinema.pipelines.key_frame import OwnKeyFrameModel
+
+    pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder)  # no key_frame_unet, no key_frame_model
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(MicroCinemaError, match="this pipeline has no stage one: pass image=, or build it with "
+                                               "key_frame_unet= / key_frame_model="):
+        pipe("a red circle", num_frames=3, num_inference_steps=1, interpolate=False)
+    image = Image.fromarray(np.full((16, 16, 3), 200, dtype=np.uint8))
+    out = pipe("a red circle", image=image, num_frames=3, num_inference_steps=1, interpolate=False,
+               output_type="latent")
+    assert out.frames.shape == (1, 4, 3, 8, 8)
+    explicit = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, key_frame_model="embedded")
+    assert isinstance(explicit.key_frame_model, OwnKeyFrameModel)
+    folder = pipe.save_pretrained(tmp_path / "no_stage_one")  # the CLI: generate needs a stage one, animate not
+    assert main(["generate", "a red circle", "--out", str(tmp_path / "v.gif"), "--model", str(folder), "--steps", "1",
+                 "--frames", "3", "--no-interpolate"]) == 2
+    image.save(tmp_path / "key.png")
+    assert main(["animate", str(tmp_path / "key.png"), "a red circle", "--out", str(tmp_path / "a.gif"), "--model",
+                 str(folder), "--steps", "1", "--frames", "3", "--no-interpolate"]) == 0
+
+
+def test_an_external_stage_one_gets_the_negative_prompts_when_it_takes_them(minilm_encoder, tiny_sd_path):
+    from microcinema.pipelines.key_frame import DiffusersKeyFrameModel
+
+    seen = []
+
+    class WithNegatives(FixedKeyFrames):
+        def __call__(self, prompts, *, negative_prompt, **kw):
+            seen.append(negative_prompt)
+            return super().__call__(prompts, **kw)
+
+    for model in (WithNegatives(), FixedKeyFrames()):  # one taking negative_prompt, one not (still works)
+        pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, key_frame_model=model)
+        pipe.set_progress_bar_config(disable=True)
+        pipe(["a", "b"], negative_prompt="grey", num_videos_per_prompt=2, num_frames=3, num_inference_steps=1,
+             interpolate=False, output_type="latent")
+    assert seen == [["grey"] * 4]
+    sd = DiffusersKeyFrameModel.from_pretrained(str(tiny_sd_path))
+    kw = dict(num_inference_steps=2, guidance_scale=5.0, size=16)
+    plain = sd(["a cat"], generator=torch.Generator().manual_seed(0), **kw)
+    empty = sd(["a cat"], generator=torch.Generator().manual_seed(0), negative_prompt=[""], **kw)
+    negative = sd(["a cat"], generator=torch.Generator().manual_seed(0), negative_prompt=["blurry"], **kw)
+    assert torch.equal(plain, empty) and (negative - plain).abs().max() > 1e-3

@@ -19,8 +19,8 @@ from microcinema.core.diffusion import (
     VPDenoiser,
     add_noise,
     alphas_cumprod_of,
+    DiffusionLoss,
     append_dims,
-    diffusion_loss,
     make_training_scheduler,
     random_timesteps,
     ve_to_vp,
@@ -376,8 +376,8 @@ def test_training_helpers_5d() -> None:
         a = append_dims(ac[tt.long()].float(), z.ndim)
         return (z - a.sqrt() * x0) / (1 - a).sqrt()
 
-    assert float(diffusion_loss(oracle, x0, noise, t, sched)) < 1e-10
-    assert diffusion_loss(lambda z, tt: torch.zeros_like(z), x0, noise, t, sched, reduction="none").shape == (3,)
+    loss = DiffusionLoss(sched, timesteps=lambda b, g: t)
+    assert float(loss(oracle, x0, torch.Generator(), noise_prior=lambda n: noise)) < 1e-10
 
 
 def test_min_snr_weights_cap_the_clean_steps_and_keep_the_noisy_ones() -> None:
@@ -434,12 +434,26 @@ def test_scheduler_loop_is_the_schedulers_own_and_callbacks_can_replace_latents(
                  step_callback=lambda i, t, z: seen.append((i, int(t))))
     torch.testing.assert_close(got, want, atol=0, rtol=0)
     assert seen == [(i, int(t)) for i, t in enumerate(scheduler.timesteps)]
-    # ddim with the same callback: called after each step with VP latents; a replacement is used from there on
-    steps = []
-    out = sample(eps_model, noise, sampler="ddim", num_inference_steps=4,
-                 step_callback=lambda i, t, z: steps.append((i, float(t))) or (torch.zeros_like(z) if i == 3 else None))
-    assert [i for i, _ in steps] == [0, 1, 2, 3] and steps[0][1] > steps[-1][1]
-    assert torch.equal(out, torch.zeros_like(out))
+    # ddim with the same callback: called after each step with VP latents, the scheduler loop's own after that
+    # step (not the VE ones, sqrt(1 + sigma^2) larger, a wrong scale would fail here)
+    reference, steps = [], []
+    scheduler.set_timesteps(4)
+    z = noise.clone()
+    for t in scheduler.timesteps:
+        z = scheduler.step(0.1 * z, t, z).prev_sample
+        reference.append(z)
+    sample(eps_model, noise, sampler="ddim", num_inference_steps=4,
+           step_callback=lambda i, t, z: steps.append((i, float(t), z.clone())))
+    assert [i for i, _, _ in steps] == [0, 1, 2, 3] and steps[0][1] > steps[-1][1]
+    for (_, _, got_i), want_i in zip(steps, reference):
+        torch.testing.assert_close(got_i, want_i, atol=1e-5, rtol=1e-5)
+    # a replacement at step 1 (VP latents, converted back to VE inside) is used from there on: another noise
+    # with the reference's state put in after step 1 ends where the reference does
+    other = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    out = sample(eps_model, other, sampler="ddim", num_inference_steps=4,
+                 step_callback=lambda i, t, z: reference[1].clone() if i == 1 else None)
+    torch.testing.assert_close(out, reference[-1], atol=1e-5, rtol=1e-5)
+    assert (sample(eps_model, other, sampler="ddim", num_inference_steps=4) - reference[-1]).abs().max() > 1e-2
     plain = sample(eps_model, noise, sampler="ddim", num_inference_steps=4)
     again = sample(eps_model, noise, sampler="ddim", num_inference_steps=4, step_callback=lambda i, t, z: z)
     torch.testing.assert_close(again, plain, atol=1e-6, rtol=0)  # a callback returning its input changes nothing

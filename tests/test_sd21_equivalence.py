@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from microcinema import MicroCinemaError, MicroCinemaPipeline, VideoUNet
-from microcinema.testing import tiny_sd_pipeline
+from microcinema.testing import tiny_sd_pipeline, tiny_vae
 
 HEIGHT, WIDTH, FRAMES, STEPS, SCALE = 32, 48, 3, 3, 6.0
 PROMPT, NEGATIVE = "a red circle moving left", "blurry, grey"
@@ -110,3 +110,47 @@ def test_from_stable_diffusion_inflates_the_checkpoint_and_is_sd_frame_by_frame(
     assert (got[0] - want).abs().max().item() <= 1e-4
     with pytest.raises(MicroCinemaError, match="cannot load a Stable Diffusion pipeline"):
         MicroCinemaPipeline.from_stable_diffusion(tmp_path / "missing")
+
+
+def test_uneven_latent_sizes_are_sd_frame_by_frame_and_run_every_part():
+    """Height and width need only be multiples of the VAE's factor: with SD's x8 VAE, 40x56 pixels is a (5, 7)
+    latent, which the U-Net's downsampling does not divide. Stage one (SD's U-Net), the video U-Net (inflated,
+    AppearNet injections running) and SD's own pipeline all handle it: the key frame and every frame equal SD's
+    image; with temporal layers and AppearNet changed from zero, base, refinement and interpolation still run."""
+    components = {**tiny_sd_pipeline(sd21_layout=True).components, "vae": tiny_vae(block_out_channels=(8, 8, 8, 8)),
+                  "scheduler": DDIMScheduler(**SD21_DDIM, prediction_type="v_prediction")}  # SD's x8 VAE
+    sd = StableDiffusionPipeline(**components)
+    sd.set_progress_bar_config(disable=True)
+    height, width = 40, 56
+    torch.manual_seed(0)
+    video = VideoUNet.from_pretrained_2d(sd.unet, temporal_attention_head_dim=4)
+    mc = MicroCinemaPipeline(video, sd.vae, sd.text_encoder, sd.tokenizer, scheduler=sd.scheduler, sampler="scheduler",
+                             key_frame_unet=sd.unet, key_frame_sampler="scheduler", key_frame_guidance_scale=SCALE,
+                             noise_prior_lambda=0.0, noise_prior_gamma=0.0, pin_key_frame=False, refine_strength=0.0)
+    mc.set_progress_bar_config(disable=True)
+    assert mc.vae_scale_factor == sd.vae_scale_factor == 8 and mc.size_multiple == 8
+    latent = (height // 8, width // 8)
+    assert any(s % 2 ** (len(sd.unet.config.block_out_channels) - 1) for s in latent)  # uneven for the U-Net
+    start = randn_tensor((1, 4, *latent), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    kwargs = dict(negative_prompt=NEGATIVE, height=height, width=width, num_inference_steps=STEPS, guidance_scale=SCALE)
+    want = sd(PROMPT, latents=start, output_type="pt", **kwargs).images
+    got = mc(PROMPT, num_frames=FRAMES, latents=start.unsqueeze(2).repeat(1, 1, FRAMES, 1, 1), interpolate=False,
+             output_type="pt", generator=torch.Generator().manual_seed(0), **kwargs)
+    assert got.frames.shape == (1, FRAMES, 3, height, width)
+    assert (got.frames[0] - want).abs().max().item() <= 1e-4
+    key = sd(PROMPT, generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).images
+    assert (got.key_frames / 2 + 0.5 - key).abs().max().item() <= 1e-4  # stage one: SD's U-Net at (5, 7)
+    with torch.no_grad():  # temporal layers and AppearNet injections doing something
+        for name, p in video.named_parameters():
+            if not name.startswith("unet."):
+                p.add_(0.05 * torch.randn_like(p))
+    changed = MicroCinemaPipeline(video, sd.vae, sd.text_encoder, sd.tokenizer, scheduler=sd.scheduler,
+                                  interp_unet=video, key_frame_unet=sd.unet, sampler="ddim", refine_strength=0.5,
+                                  interp_anchor_means=True)
+    changed.set_progress_bar_config(disable=True)
+    out = changed(PROMPT, height=height, width=width, num_frames=3, num_inference_steps=2, output_type="pt",
+                  generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (1, 9, 3, height, width) and torch.isfinite(out.frames).all()
+    assert (out.frames[0, 4] - got.frames[0, 1]).abs().max() > 1e-3
+    with pytest.raises(MicroCinemaError, match="height must be a positive multiple of 8 pixels"):
+        mc(PROMPT, height=44, width=width, interpolate=False)

@@ -65,8 +65,13 @@ __all__ = [
 Callback = Callable[[dict[str, Any]], None]
 
 #: Called after every sampling step as ``step_callback(i, t, latents)`` with the step's index, its (possibly
-#: fractional) timestep and the latents after the step in VP coordinates (the scale the network and users see,
-#: as diffusers' ``callback_on_step_end``); a returned tensor replaces the latents, ``None`` keeps them.
+#: fractional) timestep and the latents after the step; a returned tensor replaces the latents, ``None`` keeps
+#: them. Which latents: the k-diffusion samplers pass VP coordinates (``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps``
+#: at the level the step reached, the scale the network sees) and convert a replacement back. ``sampler=
+#: "scheduler"`` passes the scheduler's own ``latents`` (the ``prev_sample`` of ``scheduler.step``), as diffusers'
+#: ``callback_on_step_end`` does: VP for DDIM/DDPM/DPM-Solver-style schedulers (``init_noise_sigma == 1``), but
+#: VE scale (``x_0 + sigma eps``, ``sqrt(1 + sigma^2)`` times the VP latents) for the Euler/Heun/LMS-style
+#: ``*DiscreteScheduler`` ones, which scale the model input themselves (``scale_model_input``).
 StepCallback = Callable[[int, Tensor, Tensor], "Tensor | None"]
 
 #: Network parameterisations (diffusers' ``prediction_type``) the samplers accept.
@@ -386,7 +391,9 @@ def sample_with_scheduler(
     they are turned into the scheduler's ``prediction_type`` for ``step``. ``x_T``: the initial noise (with any
     prior mean already added), scaled by ``init_noise_sigma``. ``init``/``strength``: img2img as diffusers'
     (``StableDiffusionImg2ImgPipeline``: the last ``int(N * strength)`` timesteps, from ``add_noise(init, x_T)``).
-    Changes the scheduler's state (its timesteps), as diffusers pipelines do."""
+    Changes the scheduler's state (its timesteps), as diffusers pipelines do. ``step_callback`` gets (and may
+    replace) the scheduler's own latents after each ``step``, unconverted, as diffusers' ``callback_on_step_end``
+    (VE scale for Euler-style schedulers: see :data:`StepCallback`)."""
     prediction_type = check_prediction_type(scheduler.config.get("prediction_type", "epsilon"))
     ac = alphas_cumprod_of(scheduler)
     scheduler.set_timesteps(num_inference_steps, device=x_T.device)

@@ -107,8 +107,11 @@ class VideoDiffusionPipeline(DiffusionPipeline):
 
     @property
     def size_multiple(self) -> int:
-        """Height and width must be multiples of this: the VAE's factor times the U-Net's downsampling."""
-        return self.vae_scale_factor * 2 ** (len(unet2d_config(self.unet).block_out_channels) - 1)
+        """Height and width must be multiples of this: the VAE's factor, as ``StableDiffusionPipeline`` (which asks
+        for multiples of 8 with SD's x8 VAE). The latent need not divide by the U-Net's downsampling: diffusers'
+        ``UNet2DConditionModel`` and the :class:`~microcinema.models.unet3d.VideoUNet` (AppearNet injections
+        included) upsample to the skip connections' sizes (``forward_upsample_size``)."""
+        return self.vae_scale_factor
 
     @property
     def default_height_width(self) -> tuple[int, int]:
@@ -124,8 +127,7 @@ class VideoDiffusionPipeline(DiffusionPipeline):
         m = self.size_multiple
         for name, value in (("height", height), ("width", width)):
             check(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0 and value % m == 0,
-                  f"{name} must be a positive multiple of {m} pixels (the VAE downsamples x{self.vae_scale_factor} "
-                  f"and the U-Net x{m // self.vae_scale_factor} more), got {value!r}")
+                  f"{name} must be a positive multiple of {m} pixels (the VAE downsamples x{m}), got {value!r}")
         return int(height), int(width)
 
     @property

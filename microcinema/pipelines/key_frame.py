@@ -11,6 +11,7 @@ Every source returns key frames as a float tensor (B, 3, H, W) in [-1, 1]; ``siz
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -28,6 +29,9 @@ Size = "int | tuple[int, int]"
 
 
 class KeyFrameModel(Protocol):
+    """A stage one: prompts -> key frames (B, 3, H, W) in [-1, 1]. One whose call also names a
+    ``negative_prompt`` keyword (a list, one per prompt) gets the pipeline's negative prompts."""
+
     def __call__(self, prompts: list[str], *, num_inference_steps: int, guidance_scale: float | None,
                  generator: torch.Generator | None, size: int | tuple[int, int]) -> torch.Tensor: ...
 
@@ -50,8 +54,6 @@ def fit_to_size(image: Image.Image, size: int | tuple[int, int]) -> tuple[Image.
     note = f"resized {w}x{h} to {resized.width}x{resized.height} and centre-cropped to {width}x{height}"
     return resized.crop((left, top, left + width, top + height)), note
 
-
-fit_to_square = fit_to_size  # the name before non-square sizes
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -89,7 +91,10 @@ def load_image(path: str | os.PathLike | Image.Image, size: int | tuple[int, int
 
 
 class DiffusersKeyFrameModel:
-    """Any diffusers text-to-image pipeline, its images fitted to the video model's size."""
+    """Any diffusers text-to-image pipeline, its images fitted to the video model's size. ``negative_prompt``
+    (one per prompt) goes to the pipeline when its call takes one and any is non-empty (all empty: the
+    pipeline's own default, e.g. SDXL's zeroed negative embeddings). The pipeline stays on the device and dtype
+    it was loaded with (``.pipeline.to(...)`` moves it)."""
 
     def __init__(self, pipeline) -> None:
         self.pipeline = pipeline
@@ -111,8 +116,15 @@ class DiffusersKeyFrameModel:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], *, num_inference_steps: int, guidance_scale: float | None,
-                 generator: torch.Generator | None, size: int | tuple[int, int]) -> torch.Tensor:
+                 generator: torch.Generator | None, size: int | tuple[int, int],
+                 negative_prompt: list[str] | None = None) -> torch.Tensor:
         kwargs = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+        if negative_prompt is not None and any(negative_prompt):
+            check(len(negative_prompt) == len(prompts),
+                  f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts: give one per prompt")
+            check("negative_prompt" in inspect.signature(self.pipeline.__call__).parameters,
+                  f"{type(self.pipeline).__name__} takes no negative_prompt: leave it empty for this stage one")
+            kwargs["negative_prompt"] = list(negative_prompt)
         images = self.pipeline(prompts, num_inference_steps=num_inference_steps, generator=generator,
                                output_type="pil", **kwargs).images
         return torch.stack([image_to_tensor(fit_to_size(im.convert("RGB"), size)[0]) for im in images])

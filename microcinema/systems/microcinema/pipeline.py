@@ -38,6 +38,8 @@ imported (see the end of this module). Folders saved by the earlier, non-diffuse
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import os
 import time
 from pathlib import Path
@@ -84,6 +86,15 @@ def _check_sampler(name: str, what: str = "sampler") -> str:
     return name
 
 
+def _takes(function: Callable, name: str) -> bool:
+    """Whether ``function`` names the keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name for p in parameters)
+
+
 class MicroCinemaPipeline(VideoDiffusionPipeline):
     """Text (and optionally an image) to video with MicroCinema's two stages and x4 interpolation.
 
@@ -93,8 +104,10 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
     unwrapped), ``scheduler`` (default: SD's DDIM; ``alphas_cumprod`` and ``prediction_type`` are read from it),
     optional ``interp_unet`` (the interpolation VideoUNet) and ``key_frame_unet`` (stage one's
     ``UNet2DConditionModel``). ``key_frame_model`` (not saved): another stage one, a
-    :class:`~microcinema.pipelines.key_frame.KeyFrameModel` or a path / hub id; without either, a folder's
-    ``t2i/`` beside ``model_index.json`` or else the embedded text-to-image model is used.
+    :class:`~microcinema.pipelines.key_frame.KeyFrameModel` or a path / hub id (``"embedded"``: the embedded
+    procedural-domain text-to-image model); it is not a component, so ``.to()`` does not move it (it runs where
+    it was loaded or put). Without either, a folder's ``t2i/`` beside ``model_index.json`` is used, or else
+    there is no stage one and a call needs ``image=``.
 
     Settings (saved in ``model_index.json``): ``sampler`` (a key of :data:`~microcinema.core.samplers.SAMPLERS` or
     ``"scheduler"``), ``guidance_scale``, ``key_frame_sampler`` (None: ``sampler``), ``key_frame_guidance_scale``,
@@ -243,12 +256,17 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
 
     @property
     def key_frame_model(self) -> KeyFrameModel | None:
-        """The external stage one in use (None when ``key_frame_unet`` runs stage one)."""
+        """The external stage one in use (None when ``key_frame_unet`` runs stage one): the ``key_frame_model``
+        given, else a loaded folder's ``t2i/``. Without any stage one this raises: the embedded (procedural
+        domain) text-to-image model is used only when asked for, ``key_frame_model="embedded"``."""
         if self._key_frame_model is None and self.key_frame_unet is not None:
             return None
         if self._key_frame_model is None:
             folder = Path(str(self.config.get("_name_or_path", ""))) / "t2i"
-            self._key_frame_model = str(folder) if str(folder) != "t2i" and folder.is_dir() else "embedded"
+            check(str(folder) != "t2i" and folder.is_dir(),
+                  "this pipeline has no stage one: pass image=, or build it with key_frame_unet= / key_frame_model= "
+                  "(key_frame_model='embedded': the embedded 64x64 procedural-domain text-to-image model)")
+            self._key_frame_model = str(folder)
         if isinstance(self._key_frame_model, (str, Path)):
             self._key_frame_model = load_key_frame_model(self._key_frame_model)
         return self._key_frame_model
@@ -261,20 +279,31 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
               f"model was trained on 9), got {num_frames!r}")
         return int(num_frames)
 
+    def _vae_calls(self, decode_chunk_size: int | None) -> tuple[Callable, Callable]:
+        """:meth:`decode_latents` and :meth:`encode_frames` with ``decode_chunk_size`` frames per VAE call."""
+        return (functools.partial(self.decode_latents, decode_chunk_size=decode_chunk_size),
+                functools.partial(self.encode_frames, chunk_size=decode_chunk_size))
+
     def _eps_model(self, unet: Any) -> Callable:
         return cond_eps_model(unet, self.prediction_type, self.scheduler)
 
     # ------------------------------------------------------------------ stage one
     @torch.no_grad()
     def generate_key_frames(self, prompts: list[str], negative_prompts: list[str], *, steps: int,
-                            generator: torch.Generator, height: int, width: int) -> torch.Tensor:
+                            generator: torch.Generator, height: int, width: int,
+                            decode_chunk_size: int | None = None) -> torch.Tensor:
         """Stage one: key frames (B, 3, height, width) in [-1, 1] from ``key_frame_unet`` (with the pipeline's
-        text encoder, scheduler and VAE, ``key_frame_sampler`` and ``key_frame_guidance_scale``) or from the
-        external ``key_frame_model``."""
+        text encoder, scheduler and VAE, ``key_frame_sampler`` and ``key_frame_guidance_scale``;
+        ``decode_chunk_size`` frames per VAE call, default the pipeline's) or from the external ``key_frame_model``
+        (given the negative prompts when its call takes ``negative_prompt``, as
+        :class:`~microcinema.pipelines.key_frame.DiffusersKeyFrameModel` does; it runs on its own device and dtype:
+        ``.to()`` of this pipeline does not move it)."""
         external = self.key_frame_model
         if external is not None:
             size = height if height == width else (height, width)
-            return external(prompts, num_inference_steps=steps, guidance_scale=None, generator=generator, size=size)
+            kwargs = {"negative_prompt": negative_prompts} if _takes(external, "negative_prompt") else {}
+            return external(prompts, num_inference_steps=steps, guidance_scale=None, generator=generator, size=size,
+                            **kwargs)
         unet, scale = self.key_frame_unet, self.key_frame_guidance_scale
         cond, uncond = self.encode_prompt(prompts, None, 1, True, negative_prompts)
         eps_model = cfg_eps_model(self._eps_model(unet), cond, uncond, scale)
@@ -282,7 +311,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         noise = self.prepare_latents(shape, generator, device=self._execution_device)
         latents = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
                                sampler=self.key_frame_sampler or self.sampler, stage="key_frame")
-        return self.decode_latents(latents.unsqueeze(2))[:, 0].contiguous()
+        return self.decode_latents(latents.unsqueeze(2), decode_chunk_size)[:, 0].contiguous()
 
     # ------------------------------------------------------------------ stage two
     def _base_eps_model(self, cond: dict, uncond: dict, z_key: torch.Tensor, num_frames: int, *, scale: float,
@@ -316,15 +345,16 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
     @torch.no_grad()
     def refine_base(self, cond: dict, uncond: dict, z_key: torch.Tensor, latents: torch.Tensor, *, strength: float,
                     steps: int, scale: float, generator: torch.Generator, lam: float, pin_key_frame: bool = False,
-                    min_score: float = DEFAULT_MIN_SCORE) -> torch.Tensor:
+                    min_score: float = DEFAULT_MIN_SCORE, decode_chunk_size: int | None = None) -> torch.Tensor:
         """Motion-compensated key-frame refinement (:mod:`~microcinema.systems.microcinema.keyframe_refine`, beyond
         the paper) of base latents (B, C, F, h, w): each frame restarts from the key frame warped onto it (where a
         similarity transform explains it, score >= ``min_score``) and is re-denoised over the last ``strength`` of
-        the ``steps``-step schedule (at least one step) with the same text, guidance and key frame."""
+        the ``steps``-step schedule (at least one step) with the same text, guidance and key frame.
+        ``decode_chunk_size``: frames per VAE call (default: the pipeline's)."""
+        decode, encode = self._vae_calls(decode_chunk_size)
         # unpinned, the centre frame is the model's redraw: warp the key frame itself then
-        key_pixels = None if pin_key_frame else self.decode_latents(z_key.unsqueeze(2))[:, 0]
-        init, _ = refine_init(latents, self.decode_latents, self.encode_frames, latents.shape[2] // 2, min_score,
-                              key_pixels=key_pixels)
+        key_pixels = None if pin_key_frame else decode(z_key.unsqueeze(2))[:, 0]
+        init, _ = refine_init(latents, decode, encode, latents.shape[2] // 2, min_score, key_pixels=key_pixels)
         eps_model, condition = self._base_eps_model(cond, uncond, z_key, latents.shape[2], scale=scale,
                                                     generator=generator, lam=lam, pin_key_frame=pin_key_frame)
         noise = self.prepare_latents(tuple(latents.shape), generator, device=latents.device)
@@ -335,12 +365,13 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
     @torch.no_grad()
     def interpolate(self, latents: torch.Tensor, *, steps: int, generator: torch.Generator, lam: float, gamma: float,
                     anchor_means: bool | None = None, refine_strength: float = 0.0,
-                    min_score: float = DEFAULT_MIN_SCORE) -> torch.Tensor:
+                    min_score: float = DEFAULT_MIN_SCORE, decode_chunk_size: int | None = None) -> torch.Tensor:
         """x4 temporal interpolation of (B, C, F, h, w) latents to (B, C, 4 (F - 1) + 1, h, w); base frames kept.
         ``anchor_means``: keep each in-between frame's palette at its condition's (default: the pipeline's
         ``interp_anchor_means``). ``refine_strength`` > 0: the in-between frames then get the key-frame
         refinement too (the key frame is the centre base frame), re-denoised by the interpolation model over the
-        last ``refine_strength`` of the schedule. No text guidance (the empty prompt), as the paper's Table 7."""
+        last ``refine_strength`` of the schedule. No text guidance (the empty prompt), as the paper's Table 7.
+        ``decode_chunk_size``: frames per VAE call of the refinement (default: the pipeline's)."""
         check(self.interp_unet is not None, "this pipeline has no interpolation model: pass interpolate=False")
         b, c, f, h, w = latents.shape
         first = rearrange(latents[:, :, :-1], "b c f h w -> (b f) c h w")
@@ -359,8 +390,8 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         if refine_strength > 0:
             full = join_clips(latents, clips)
             between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
-            init, _ = refine_init(full, self.decode_latents, self.encode_frames, INTERPOLATION_FACTOR * (f // 2),
-                                  min_score, frames=between)
+            decode, encode = self._vae_calls(decode_chunk_size)
+            init, _ = refine_init(full, decode, encode, INTERPOLATION_FACTOR * (f // 2), min_score, frames=between)
             init = rearrange(torch.stack([init[:, :, s:s + n] for s in clip_starts(full.shape[2])], dim=1),
                              "b f c m h w -> (b f) c m h w")
             noise = self.prepare_latents(tuple(clips.shape), generator, device=latents.device)
@@ -414,7 +445,9 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                             self.decode_chunk_size if decode_chunk_size is None else decode_chunk_size)
         self.check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         images = None
-        if image is not None:
+        if image is None:
+            _ = self.key_frame_model  # raises before any work when there is no stage one
+        else:
             images = list(image) if isinstance(image, (list, tuple)) else [image] * len(prompts)
             check(len(images) == len(prompts), f"got {len(images)} images for {len(prompts)} prompts: give one per prompt")
         lam = self.noise_prior_lambda if noise_prior_lambda is None else noise_prior_lambda
@@ -433,7 +466,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         with self._call_state(callback_on_step_end, callback_on_step_end_tensor_inputs, progress, scale):
             if images is None:
                 key_frames = self.generate_key_frames(batch, batch_negatives, steps=steps, generator=generator,
-                                                      height=height, width=width)
+                                                      height=height, width=width, decode_chunk_size=chunk)
             else:
                 loaded = [load_image(im, (height, width)) for im in images]
                 key_frames = torch.stack([t for t, _ in loaded for _ in range(per_prompt)])
@@ -447,12 +480,12 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
             lap("base")
             if refine > 0:
                 video = self.refine_base(cond, uncond, z_key, video, strength=refine, steps=steps, scale=scale,
-                                         generator=generator, lam=lam, pin_key_frame=pin)
+                                         generator=generator, lam=lam, pin_key_frame=pin, decode_chunk_size=chunk)
                 lap("refine")
             if interpolate:
                 video = self.interpolate(video, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
                                          gamma=self.interp_noise_prior_gamma, anchor_means=interp_anchor_means,
-                                         refine_strength=refine)
+                                         refine_strength=refine, decode_chunk_size=chunk)
                 fps = self.base_fps * INTERPOLATION_FACTOR
                 lap("interpolation")
             frames = self.postprocess(video, output_type, chunk)
