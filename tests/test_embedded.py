@@ -70,7 +70,8 @@ def test_generate_cli_writes_33_frames_at_8_fps(tmp_path):
 
 def test_embedded_pipeline_has_its_preset_and_reproduces_the_pipeline_before_diffusers():
     """Issue 15: the diffusers MicroCinemaPipeline.embedded() gives the same latents as the pipeline before it (commit
-    e3d1d8c; reference latents saved by /work/helpers/pipeline_ref/make_golden.py, 3 DDIM steps, seed 0) in both
+    e3d1d8c: its ``MicroCinemaPipeline.embedded()`` run on the cases below, 3 DDIM steps, generator seed 0, one torch
+    thread, output_type "latent", saved to fixtures/embedded_old_pipeline.npz) in both
     modes, with and without interpolation and refinement. Without refinement the match is exact; the refinement's
     registration and re-encoding made the old pipeline itself differ from run to run by up to ~1e-5 (MKL), so
     refined cases are held to 1e-4."""
