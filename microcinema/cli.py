@@ -174,7 +174,7 @@ def _add_train_command(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--export", type=Path, default=None, help="also write fp16 weights + training.json here")
     train.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="override the config")
     train.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, help="override the config")
-    train.add_argument("--plot", action="store_true", help="write loss.png in the run folder at the end")
+    train.add_argument("--plot", action="store_true", help="write loss.png (and probe.png, when the config has a probe) in the run folder at the end")
     train.set_defaults(func=_cmd_train)
 
 
@@ -183,7 +183,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     from microcinema.training.tasks import run_task
     from microcinema.training.common import load_config
-    from microcinema.training.trainer import plot_loss
+    from microcinema.training.trainer import PROBE_NAME, plot_loss, plot_probe
 
     config = load_config(args.config)
     output_dir = args.output_dir or Path("runs") / args.task
@@ -191,6 +191,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                       max_steps=args.max_steps, batch_size=args.batch_size)
     if args.plot:
         plot_loss(Path(output_dir) / "loss.jsonl", Path(output_dir) / "loss.png")
+        if (Path(output_dir) / PROBE_NAME).is_file():
+            plot_probe(Path(output_dir) / PROBE_NAME, Path(output_dir) / "probe.png")
     print(json.dumps(report, indent=2, default=str))
 
 

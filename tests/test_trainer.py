@@ -25,6 +25,7 @@ from microcinema.training.trainer import (
     drop_conditions,
     latest_checkpoint,
     plot_loss,
+    plot_probe,
     read_loss_log,
 )
 
@@ -365,3 +366,55 @@ def test_plot_loss_writes_png(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(MicroCinemaError):
         plot_loss(tmp_path / "empty.jsonl", tmp_path / "x.png")
+
+
+def test_probe_sees_ema_weights_and_does_not_change_training(tmp_path: Path) -> None:
+    """The probe runs every probe_every steps and at the end, on the EMA weights in eval mode; the weights
+    after training are those of a run without a probe, and a resumed run keeps one record per step."""
+    def run(out: Path, steps: int, probe=None, **extra) -> Trainer:
+        torch.manual_seed(0)
+        config = job.make_config(str(out), steps, ema_decay=0.8, probe_every=4, checkpoint_every=4, keep_checkpoints=5, **extra)
+        trainer = Trainer(job.TinyDenoiser(), job.TinyData(), job.SlowLoss(), config, probe=probe)
+        trainer.train()
+        return trainer
+
+    seen = []
+
+    def probe(model, step):
+        shadow = trainer_ref[0].ema.shadow
+        seen.append((step, model.training, torch.is_grad_enabled(),
+                     all(torch.equal(p, s) for p, s in zip(model.parameters(), shadow))))
+        torch.randn(3)  # the global RNG: the training draws must not depend on it
+        return {"score": step / 10}
+
+    trainer_ref: list[Trainer] = []
+    torch.manual_seed(0)
+    config = job.make_config(str(tmp_path / "probed"), 10, ema_decay=0.8, probe_every=4, checkpoint_every=4, keep_checkpoints=5)
+    probed = Trainer(job.TinyDenoiser(), job.TinyData(), job.SlowLoss(), config, probe=probe)
+    trainer_ref.append(probed)
+    probed.train()
+    assert [s[0] for s in seen] == [4, 8, 10]
+    assert all(not training and not grad and is_ema for _, training, grad, is_ema in seen)
+    assert probed.model.training, "train mode is restored after the probe"
+    plain = run(tmp_path / "plain", 10)
+    for a, b in zip(probed.trainable_params, plain.trainable_params):
+        assert torch.equal(a, b), "a probe must not change the training"
+    records = read_loss_log(tmp_path / "probed" / "probe.jsonl")
+    assert [(r["step"], r["score"]) for r in records] == [(4, 0.4), (8, 0.8), (10, 1.0)]
+    assert plot_probe(tmp_path / "probed" / "probe.jsonl", tmp_path / "probe.png").read_bytes()[:4] == b"\x89PNG"
+
+    # resume: a run killed after step 8's checkpoint and raised to 12 steps logs 12, not 10 twice
+    ckpts = sorted((tmp_path / "probed" / "checkpoints").iterdir())
+    for ckpt in ckpts:
+        if not ckpt.name.endswith("00000008"):
+            import shutil
+
+            shutil.rmtree(ckpt)
+    seen.clear()
+    torch.manual_seed(0)
+    config = job.make_config(str(tmp_path / "probed"), 12, ema_decay=0.8, probe_every=4, checkpoint_every=4, keep_checkpoints=5)
+    resumed = Trainer(job.TinyDenoiser(), job.TinyData(), job.SlowLoss(), config, probe=probe)
+    trainer_ref[0] = resumed
+    resumed.train()
+    assert [s[0] for s in seen] == [12]
+    assert [r["step"] for r in read_loss_log(tmp_path / "probed" / "probe.jsonl")] == [4, 8, 12]

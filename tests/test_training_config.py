@@ -138,3 +138,19 @@ def test_every_phase_model_section_is_checked_before_any_training():
     with pytest.raises(MicroCinemaError, match=r"unknown key 'temporal_head_dim' in section 'model' \(phase base\)"):
         phase_configs(config)
     assert len(phase_configs(load_config("video"))) == 6
+
+
+def test_key_frame_probe_section_is_typed_strict_and_procedural_only():
+    from microcinema.training.config import KeyFrameProbe
+
+    config = _with(load_config("t2i"), None, "probe", {"every": 500, "num_digits": 10})
+    probe = parse_diffusion_config(config, "t2i").probe
+    assert isinstance(probe, KeyFrameProbe) and (probe.every, probe.num_digits, probe.num_shapes) == (500, 10, 20)
+    assert probe.prompt_seed != 999, "the probe must not tune on the evaluation prompts"
+    with pytest.raises(MicroCinemaError, match="unknown key 'evry' in section 'probe'"):
+        parse_diffusion_config(_with(load_config("t2i"), None, "probe", {"evry": 500}), "t2i")
+    with pytest.raises(MicroCinemaError, match="bad section 'probe': every must be an integer >= 1"):
+        parse_diffusion_config(_with(load_config("t2i"), None, "probe", {"every": 0}), "t2i")
+    real = _with(config, None, "data", {"type": "captions", "table": "clips.csv"})
+    with pytest.raises(MicroCinemaError, match="section 'probe' judges key frames against the procedural"):
+        parse_diffusion_config(real, "t2i")

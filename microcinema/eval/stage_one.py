@@ -35,6 +35,58 @@ def domain_prompts(num: int, heldout_fraction: float = 0.25, seed: int = 999) ->
     return specs
 
 
+def probe_prompts(num_digits: int = 50, num_shapes: int = 20, seed: int = 555) -> list:
+    """Fixed prompts for a training probe: ``num_digits`` showing a digit and ``num_shapes`` a shape, a quarter
+    of each from held-out combinations (like :func:`domain_prompts`, whose seed 999 the probe must not use)."""
+    def draw(num: int, digits: bool) -> list:
+        heldout = int(round(num * 0.25))
+        specs = []
+        for split, count in (("train", num - heldout), ("heldout", heldout)):
+            found, index = [], 0
+            while len(found) < count:
+                spec = sample_clip(index, seed=seed, split=split, num_frames=9, fps=2.0,
+                                   digit_weight=1e6 if digits else 1e-6)
+                if spec.object.startswith("digit") == digits:
+                    found.append(spec)
+                index += 1
+            specs += found
+        return specs
+
+    digits, shapes = draw(num_digits, True), draw(num_shapes, False)
+    return digits + shapes
+
+
+def make_probe(vae, text_encoder: str = "minilm", *, num_digits: int = 50, num_shapes: int = 20, steps: int = 25,
+               guidance_scale: float = 5.0, prompt_seed: int = 555, seed: int = 0, batch_size: int = 35):
+    """``probe(unet, step) -> {"digits": ..., "shapes": ..., "colour": ...}`` (fractions right, judged from
+    pixels) for :class:`~microcinema.training.trainer.Trainer`: key frames of :func:`probe_prompts` drawn by
+    ``unet`` with ``vae`` (DDIM, ``steps``, guidance ``guidance_scale``, noise from its own generator seeded
+    ``seed``: the same noise at every probe)."""
+    from microcinema.core.text_encoders import load_text_encoder
+    from microcinema.pipelines.text_to_image import TextToImagePipeline
+
+    specs = probe_prompts(num_digits, num_shapes, prompt_seed)
+    encoder = load_text_encoder(text_encoder)
+    classifier = default_object_classifier()
+
+    def probe(unet, step: int) -> dict[str, float]:
+        pipe = TextToImagePipeline(unet, vae, encoder, text_encoder_name=text_encoder, guidance_scale=guidance_scale)
+        generator = torch.Generator().manual_seed(seed)
+        frames = np.concatenate([
+            pipe([s.caption for s in specs[i:i + batch_size]], num_inference_steps=steps, generator=generator,
+                 output_type="np").images for i in range(0, len(specs), batch_size)])
+        judged = judge_frames(frames, classifier)
+        right = [j.object == s.object for j, s in zip(judged, specs)]
+        result = {"colour": float(np.mean([j.colour == s.colour for j, s in zip(judged, specs)]))}
+        if num_digits:
+            result["digits"] = float(np.mean(right[:num_digits]))
+        if num_shapes:
+            result["shapes"] = float(np.mean(right[num_digits:]))
+        return result
+
+    return probe
+
+
 def evaluate(model: str | None, out: Path, *, num: int = 200, steps: int = 25, guidance_scale: float | None = None,
              batch_size: int = 25, seed: int = 0, prompt_seed: int = 999) -> dict:
     out.mkdir(parents=True, exist_ok=True)

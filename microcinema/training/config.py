@@ -262,6 +262,36 @@ def _check_loss(loss: Any) -> None:
         raise ValueError(f"min_snr_gamma must be a number > 0 or null, got {gamma!r}")
 
 
+# --------------------------------------------------------------------------------------------- probe
+
+
+@dataclass
+class KeyFrameProbe:
+    """``probe:`` of a t2i config on procedural data: every ``every`` steps the EMA weights draw key frames for
+    fixed domain prompts (``num_digits`` digits, ``num_shapes`` shapes, from prompt seed ``prompt_seed``, apart
+    from the evaluation's 999), judged from pixels (:func:`microcinema.eval.stage_one.make_probe`)."""
+
+    every: int
+    num_digits: int = 50
+    num_shapes: int = 20
+    steps: int = 25
+    guidance_scale: float = 5.0
+    prompt_seed: int = 555
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("every", "steps"):
+            if not _is_step(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("num_digits", "num_shapes"):
+            if not _is_step(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.num_digits + self.num_shapes < 1:
+            raise ValueError("the probe needs at least one prompt (num_digits + num_shapes >= 1)")
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+
+
 # --------------------------------------------------------------------------------------------- whole config
 
 
@@ -300,9 +330,10 @@ class DiffusionTaskConfig:
     init_from: str | None = None
     phases: list = field(default_factory=list)
     path: str | None = None
+    probe: KeyFrameProbe | None = None
 
 
-TOP_LEVEL = {"t2i": ("vae", "text_encoder", "model", "loss", "data", "train"),
+TOP_LEVEL = {"t2i": ("vae", "text_encoder", "model", "loss", "data", "train", "probe"),
              "video": ("init_from", "vae", "text_encoder", "model", "loss", "data", "train", "phases")}
 
 
@@ -321,6 +352,12 @@ def parse_diffusion_config(config: dict[str, Any], task: str) -> DiffusionTaskCo
         raise MicroCinemaError(f"{_where(path)}: section 'data': t2i trains on key frames; drop num_frames and fps")
     if task != "t2i" and isinstance(data, ProceduralData) and not (data.num_frames and data.fps):
         raise MicroCinemaError(f"{_where(path)}: section 'data' lacks num_frames, fps (clips)")
+    probe = None
+    if top.get("probe") is not None:
+        probe = parse_section(KeyFrameProbe, top["probe"], "probe", path)
+        if not isinstance(data, ProceduralData):
+            raise MicroCinemaError(f"{_where(path)}: section 'probe' judges key frames against the procedural "
+                                   f"domain's ground truth; drop it for data of type {data.type!r}")
     phases = []
     for i, raw in enumerate(top.get("phases") or []):
         phase = parse_section(Phase, raw, f"phases[{i}]", path)
@@ -336,7 +373,7 @@ def parse_diffusion_config(config: dict[str, Any], task: str) -> DiffusionTaskCo
             raise MicroCinemaError(f"{_where(path)}: '{key}' must be a name or a path, got {top[key]!r}")
     return DiffusionTaskConfig(model=model, loss=loss, data=data, train=dict(top["train"]), raw_data=dict(top["data"]),
                                vae=top.get("vae"), text_encoder=top.get("text_encoder"), init_from=top.get("init_from"),
-                               phases=phases, path=path)
+                               phases=phases, path=path, probe=probe)
 
 
 def _section_keys(section: str, task: str) -> list[str]:

@@ -71,6 +71,7 @@ import json
 import math
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,7 @@ LossFn = Callable[[nn.Module, Any, torch.Generator], Union[Tensor, dict[str, Ten
 """``loss_fn(model, batch, generator)``: a scalar loss, or a dict with ``"loss"`` and extra scalars to log."""
 
 LOG_NAME = "loss.jsonl"
+PROBE_NAME = "probe.jsonl"
 STATE_NAME = "trainer_state.json"
 CKPT_DIR = "checkpoints"
 CKPT_PREFIX = "step_"
@@ -134,6 +136,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
     num_workers: int = 0
+    probe_every: int | None = None  # run the trainer's probe (EMA weights) every N steps, log to probe.jsonl
     progress_bar: bool = True
     ddp_find_unused_parameters: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, saved with checkpoints for the record
@@ -170,6 +173,7 @@ class TrainConfig:
             f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}",
         )
         check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        check(self.probe_every is None or self.probe_every > 0, f"probe_every must be > 0 or null, got {self.probe_every}")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the learning rates for optimizer step ``step`` (0-based)."""
@@ -395,6 +399,35 @@ def plot_loss(log_path: str | os.PathLike, out_png: str | os.PathLike, smoothing
     return out
 
 
+def plot_probe(probe_path: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Plot every number a probe logged (``probe.jsonl``) against the step, one line each, to a PNG."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise MicroCinemaError("plot_probe needs matplotlib: pip install matplotlib") from e
+
+    records = read_loss_log(probe_path)
+    check(bool(records), f"no probe records in {probe_path}")
+    names = [k for k in records[-1] if k not in ("step", "probe_seconds")
+             and isinstance(records[-1][k], (int, float))]
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name in names:
+        points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("probe")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- trainer
 
 
@@ -415,6 +448,10 @@ class Trainer:
         collate_fn: passed to the ``DataLoader``.
         trainable: optional ``trainable(name, param) -> bool``; sets ``requires_grad`` of every parameter.
         local_data: ``dataset`` is this process's own share of the data (see "Data split across processes").
+        probe: optional ``probe(model, step) -> {name: number}``, run on the main process with the EMA weights
+            (eval mode, no grad) every ``config.probe_every`` steps and at the end, before that step's
+            checkpoint; records go to ``probe.jsonl``. It must draw from its own generator: the training
+            draws do not depend on it, so a run with a probe trains exactly as one without.
     """
 
     def __init__(
@@ -428,6 +465,7 @@ class Trainer:
         collate_fn: Callable | None = None,
         trainable: Callable[[str, nn.Parameter], bool] | None = None,
         local_data: bool = False,
+        probe: Callable[[nn.Module, int], dict[str, float]] | None = None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
@@ -438,6 +476,8 @@ class Trainer:
         self.collate_fn = collate_fn
         self.output_dir = Path(config.output_dir)
         self.log_path = self.output_dir / LOG_NAME
+        self.probe = probe
+        self.probe_path = self.output_dir / PROBE_NAME
 
         if trainable is not None:
             for name, p in model.named_parameters():
@@ -680,8 +720,33 @@ class Trainer:
                 warnings.warn(f"resuming {ckpt} with different {', '.join(changed)}: the run will not be exact")
         if acc.is_main_process:
             _truncate_log(self.log_path, step)
+            _truncate_log(self.probe_path, step)
         acc.wait_for_everyone()
         return None if ckpt is None else step
+
+    def _run_probe(self) -> None:
+        """Call the probe on the EMA weights (main process), append its record to ``probe.jsonl``, restore."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            model = self.unwrapped_model
+            backup = [p.detach().clone() for p in self.trainable_params]
+            was_training = model.training
+            if self.ema is not None:
+                self.ema.copy_to(self.trainable_params)
+            started = time.time()
+            try:
+                model.eval()
+                with torch.no_grad():
+                    values = self.probe(model, self.global_step)
+            finally:
+                with torch.no_grad():
+                    for p, b in zip(self.trainable_params, backup):
+                        p.copy_(b)
+                model.train(was_training)
+            record = {"step": self.global_step, **values, "probe_seconds": round(time.time() - started, 1)}
+            with open(self.probe_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        acc.wait_for_everyone()
 
     def _export_final(self) -> Path:
         """Save the EMA (or raw) weights to ``output_dir/final`` (atomically)."""
@@ -761,7 +826,10 @@ class Trainer:
             self._log(self.global_step, values)
             bar.update(1)
             bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{lr:.3g}")
-            if self.global_step % cfg.checkpoint_every == 0 or self.global_step == cfg.max_steps:
+            last = self.global_step == cfg.max_steps
+            if self.probe is not None and cfg.probe_every and (self.global_step % cfg.probe_every == 0 or last):
+                self._run_probe()  # before the checkpoint: a run resumed from this step already has its record
+            if self.global_step % cfg.checkpoint_every == 0 or last:
                 self.save_checkpoint()
                 self._write_seen()
         bar.close()

@@ -104,7 +104,16 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     weighting = None if gamma is None else min_snr_weighting(gamma, scheduler, prediction_type)
     loss_fn = make_loss(cache, vae.config.scaling_factor, parsed.loss.condition_dropout, latents=parsed.loss.latents,
                         loss=DiffusionLoss(scheduler, weighting=weighting, prediction_type=prediction_type))
-    trainer = Trainer(unet, cache, loss_fn, train_settings, local_data=local)
+    probe = None
+    if parsed.probe is not None:  # key frames judged every probe.every steps (procedural data only)
+        from microcinema.eval.stage_one import make_probe
+
+        settings = parsed.probe
+        train_settings.probe_every = settings.every
+        probe = make_probe(vae, components["text_encoder"], num_digits=settings.num_digits,
+                           num_shapes=settings.num_shapes, steps=settings.steps,
+                           guidance_scale=settings.guidance_scale, prompt_seed=settings.prompt_seed, seed=settings.seed)
+    trainer = Trainer(unet, cache, loss_fn, train_settings, local_data=local, probe=probe)
     result = trainer.train()
     if trainer.accelerator.is_main_process:
         write_components(output_dir, components, scheduler, prediction_type)
