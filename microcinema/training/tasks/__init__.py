@@ -14,6 +14,8 @@ TASKS: dict[str, tuple[str, str]] = {
     "video": ("microcinema.systems.microcinema.task:train_video",
               "the image&text-to-video base model (stage two, AppearNet + noise prior)"),
     "interp": ("microcinema.systems.microcinema.task:train_interp", "the x4 temporal interpolation model (stage two)"),
+    "artv": ("microcinema.systems.artv.task:train",
+             "ART-V: the auto-regressive frame model (T2I-Adapter references, anchor tokens, masked diffusion)"),
     "classifier": ("microcinema.training.tasks.classifier:train", "the domain video classifier (features of the domain FVD)"),
 }
 
