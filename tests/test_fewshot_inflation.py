@@ -136,7 +136,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model = _inflated("recurrent")
     reference = {n: g.clone() for n, g in _memory_grads(model, frames=3).items()}
     model.zero_grad(set_to_none=True)
-    model.unet.enable_gradient_checkpointing()
+    model.enable_gradient_checkpointing()
+    assert model.unet.is_gradient_checkpointing
     model.train()
     checkpointed = _memory_grads(model, frames=3)
     for name, grad in reference.items():

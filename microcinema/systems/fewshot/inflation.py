@@ -160,9 +160,9 @@ class _VideoSelfAttnProcessor:
     """Shared code of the two spatio-temporal attention processors (plain objects, not modules: their
     parameters live in :class:`FewShotVideoUNet`, so ``unet.state_dict()`` stays the 2D one)."""
 
-    def keys_values(self, attn: Attention, z: Tensor) -> tuple[Tensor, Tensor]:
+    def keys_values(self, attn: Attention, z: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values ``(B, F - 1, M, inner)`` that frames ``2..F`` see besides frame 1's, from the layer's
-        input features ``z`` ``(B, F, N, C)``."""
+        input features ``z`` ``(B, F, N, C)`` and every frame's own keys and values ``(B, F, N, inner)``."""
         raise NotImplementedError
 
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
@@ -188,7 +188,7 @@ class _VideoSelfAttnProcessor:
         if frames == 1:
             hidden = first
         else:  # frames 2..F: frame 1's tokens and M more (frame i - 1, or the memory), 2N keys per query
-            extra_k, extra_v = self.keys_values(attn, hidden_states.view(b, frames, n, c))
+            extra_k, extra_v = self.keys_values(attn, hidden_states.view(b, frames, n, c), k, v)
             keys = torch.cat([k[:, :1].expand(-1, frames - 1, -1, -1), extra_k], dim=2)
             values = torch.cat([v[:, :1].expand(-1, frames - 1, -1, -1), extra_v], dim=2)
             rest = attend(q[:, 1:].reshape(b * (frames - 1), n, inner), keys.flatten(0, 1), values.flatten(0, 1))
@@ -200,11 +200,8 @@ class _VideoSelfAttnProcessor:
 class SparseCausalAttnProcessor(_VideoSelfAttnProcessor):
     """Tune-A-Video's sparse-causal attention: frame ``i`` attends to frames 1 and ``i - 1`` (frame 1 to itself)."""
 
-    def keys_values(self, attn: Attention, z: Tensor) -> tuple[Tensor, Tensor]:
-        b, frames, n, c = z.shape
-        previous = z[:, :-1].reshape(b * (frames - 1), n, c)  # frames 1..F-1: the "former" frames of 2..F
-        k, v = attn.to_k(previous), attn.to_v(previous)
-        return k.view(b, frames - 1, n, -1), v.view(b, frames - 1, n, -1)
+    def keys_values(self, attn: Attention, z: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return k[:, :-1], v[:, :-1]  # frames 1..F-1: the "former" frames of 2..F
 
 
 class RecurrentCausalAttnProcessor(_VideoSelfAttnProcessor):
@@ -214,7 +211,7 @@ class RecurrentCausalAttnProcessor(_VideoSelfAttnProcessor):
     def __init__(self, memory: RecurrentMemory):
         self.memory = memory
 
-    def keys_values(self, attn: Attention, z: Tensor) -> tuple[Tensor, Tensor]:
+    def keys_values(self, attn: Attention, z: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         b, frames, n, c = z.shape
         m = self.memory(z).reshape(b * (frames - 1), n, c)  # memory tokens m_2..m_F
         k, v = attn.to_k(m), attn.to_v(m)
@@ -274,6 +271,7 @@ class FewShotVideoUNet(ModelMixin, ConfigMixin):
     from a folder with ``from_pretrained``. ``forward`` takes ``(B, C, F, h, w)`` latents.
     """
 
+    _supports_gradient_checkpointing = True  # the 2D blocks' (diffusers' own); enable_gradient_checkpointing()
     ignore_for_config = ["unet"]
 
     @register_to_config
@@ -388,7 +386,8 @@ class FewShotVideoUNet(ModelMixin, ConfigMixin):
         self._check_processors()
         check(sample.ndim == 5, f"sample must be (B, C, F, h, w) (F=1 for images), got shape {tuple(sample.shape)}")
         b, c, frames, h, w = sample.shape
-        check(c == self.unet.config.in_channels, f"sample has {c} channels, the U-Net takes {self.unet.config.in_channels}")
+        channels = self.unet.config.in_channels
+        check(c == channels, f"sample has {c} channels, the U-Net takes {channels}")
         check(encoder_hidden_states.ndim == 3 and encoder_hidden_states.shape[0] == b,
               f"encoder_hidden_states must be (B={b}, L, D), got shape {tuple(encoder_hidden_states.shape)}")
         x = sample.permute(0, 2, 1, 3, 4).reshape(b * frames, c, h, w)
@@ -419,14 +418,16 @@ def inflate_unet(unet: UNet2DConditionModel | str | Path, attention: str = "recu
     """
     _check_attention(attention)
     if not isinstance(unet, UNet2DConditionModel):
-        check(isinstance(unet, (str, Path)), f"can only inflate a UNet2DConditionModel or a path, got {type(unet).__name__}")
+        check(isinstance(unet, (str, Path)),
+              f"can only inflate a UNet2DConditionModel or a path, got {type(unet).__name__}")
         if subfolder is None and (Path(unet) / "unet" / "config.json").is_file():
             subfolder = "unet"
         try:
             unet = UNet2DConditionModel.from_pretrained(unet, subfolder=subfolder, **(unet_kwargs or {}))
         except OSError as e:
-            raise MicroCinemaError(f"cannot load a 2D U-Net from {str(unet)!r}: {str(e).splitlines()[0]} "
-                                   "(expected a diffusers U-Net folder, a pipeline folder with unet/, or a hub id)") from e
+            raise MicroCinemaError(
+                f"cannot load a 2D U-Net from {str(unet)!r}: {str(e).splitlines()[0]} "
+                "(expected a diffusers U-Net folder, a pipeline folder with unet/, or a hub id)") from e
     return FewShotVideoUNet(attention=attention, memory_nonlinearity=memory_nonlinearity, unet=unet)
 
 
