@@ -351,6 +351,8 @@ examples:
   microcinema eval --benchmark msrvtt --num-samples 2990 --out runs/msrvtt --captions test_videodatainfo.json \\
       --clip-model ./clip-vit-base-patch32 [--data ./MSRVTT/videos --inception-weights pt_inception.pth]
       CLIPSIM on the captions (JSON, JSONL, CSV or TXT); FID with the real videos and Inception weights
+  microcinema eval --benchmark longvideo --truth --num-samples 50 --out runs/longvideo_truth
+      drift of 64-frame, 4-prompt videos (ground-truth sanity run until the ART-V pipeline plugs in)
 
 Nothing is downloaded: weights and data come from the paths given.
 """
@@ -362,7 +364,8 @@ def _add_eval_command(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate videos for a benchmark's prompts and measure them (DESIGN.md section 5; paper "
                     "section 4). Writes metrics.json, report.md and a sample grid to --out.")
-    ev.add_argument("--benchmark", required=True, choices=["shapes", "ucf101", "msrvtt"], help="what to measure")
+    ev.add_argument("--benchmark", required=True, choices=["shapes", "ucf101", "msrvtt", "longvideo"],
+                    help="what to measure")
     ev.add_argument("--num-samples", required=True, type=_positive_int("--num-samples"), help="videos to generate (>= 1)")
     ev.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     ev.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
@@ -380,11 +383,23 @@ def _add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--captions", type=Path, default=None, help="msrvtt: caption file (.json, .jsonl, .csv, .txt)")
     ev.add_argument("--domain-classifier", type=Path, default=None,
                     help="shapes: domain classifier folder for the domain FVD (default: the shipped one)")
+    ev.add_argument("--truth", action="store_true",
+                    help="longvideo: measure the rendered ground truth (the sanity run; no model yet)")
     ev.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from microcinema.eval.benchmarks import EvalOptions, run_benchmark
+
+    if args.truth and args.benchmark != "longvideo":
+        raise MicroCinemaError("--truth is only for --benchmark longvideo")
+    if args.benchmark == "longvideo":  # multi-prompt drift (microcinema/eval/longvideo.py)
+        from microcinema.eval.longvideo import run_from_cli
+
+        run_from_cli(args.num_samples, args.out, truth=args.truth, model=args.model, seed=args.seed,
+                     feature_model=args.clip_model, command=args.command_line)
+        print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
+        return
 
     opts = EvalOptions(
         benchmark=args.benchmark, num_samples=args.num_samples, out=args.out, model=args.model, steps=args.steps,
