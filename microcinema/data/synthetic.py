@@ -12,6 +12,11 @@ with the same trajectory. A clip is fully determined by ``(seed, split, index, n
 Composition is tested with :data:`HELD_OUT_COMBOS`: (colour, object, motion) triples that never occur
 in the ``train`` split (each colour, object and motion on its own does) and are the only ones in
 ``heldout``.
+
+Few-shot motions (recurrent few-shot paper, section 4): :data:`FEWSHOT_MOTIONS` (bounce, circling, zigzag,
+diagonal) are motions the embedded family never saw. They are in no combination table and no split of
+:func:`sample_clip` (whose clips stay exactly as before); only :func:`sample_fewshot_clip` draws them (its
+clips have ``split == "fewshot"``), for tuning clips and for evaluating a tuned model.
 """
 
 from __future__ import annotations
@@ -82,6 +87,31 @@ MOTIONS: dict[str, tuple[str, ...]] = {
     "shrink": ("{np} shrinking", "{np} getting smaller", "{np} contracting",
                "{np} shrinks away", "{np} becoming smaller", "{np} dwindling in size"),
 }
+
+#: Motions the embedded family never saw (few-shot tuning, recurrent few-shot paper): not in :data:`MOTIONS`, not
+#: in any split of :func:`sample_clip`; drawn by :func:`sample_fewshot_clip` only. The object keeps its size.
+#:
+#: * ``bounce``: bounces in place on the floor (the frame's bottom): ``y = floor - A |sin(pi t / T)|``, x fixed,
+#:   one bounce every ``T`` in 1.8-2.2 s, height ``A`` 28-36 % of the frame; starts on the floor.
+#: * ``circling``: clockwise on screen around a fixed centre, radius 16-22 % of the frame, one turn in 3.6-4.4 s.
+#: * ``zigzag``: rightward at 9-13 % of the frame per second while going up and down in a triangle wave
+#:   (amplitude 10-14 % of the frame, period 1.8-2.2 s; first up).
+#: * ``diagonal``: down and to the right in a straight line at 45 degrees, 7-10 % of the frame per second on
+#:   each axis.
+FEWSHOT_MOTIONS: dict[str, tuple[str, ...]] = {
+    "bounce": ("{np} bouncing", "{np} bounces up and down", "{np} bouncing in place", "{np} jumping up and down",
+               "{np} bounces on the ground", "{np} bouncing like a ball"),
+    "circling": ("{np} moving in a circle", "{np} circling", "{np} going round in circles",
+                 "{np} travels along a circular path", "{np} circling clockwise", "{np} loops around in a circle"),
+    "zigzag": ("{np} zigzagging to the right", "{np} zig-zags across", "{np} moving in a zigzag",
+               "{np} weaving up and down to the right", "{np} following a zigzag path", "{np} zigzags rightward"),
+    "diagonal": ("{np} moving diagonally down and to the right", "{np} drifts diagonally toward the bottom right",
+                 "{np} slides to the lower right corner", "{np} travels diagonally down to the right",
+                 "{np} heading down and right", "{np} moving diagonally"),
+}
+
+#: The ``split`` of every clip :func:`sample_fewshot_clip` draws (not one of :data:`SPLITS`).
+FEWSHOT_SPLIT = "fewshot"
 
 #: (colour, object, motion) combinations never seen in training; the ``heldout`` split uses only these.
 #: Every colour appears twice, every motion at least twice, shapes and digits both.
@@ -171,7 +201,8 @@ def make_caption(colour: str, obj: str, motion: str, background: str, rng: np.ra
     object_word = rng.choice(OBJECTS[obj])
     phrase = f"{colour_word} {object_word}"
     noun_phrase = f"{_article(phrase)} {phrase}" if rng.random() < 0.8 else phrase
-    caption = rng.choice(MOTIONS[motion]).format(np=noun_phrase)
+    templates = MOTIONS[motion] if motion in MOTIONS else FEWSHOT_MOTIONS[motion]
+    caption = rng.choice(templates).format(np=noun_phrase)
     if rng.random() < 0.3:
         caption += f" on a {background} background"
     return caption
@@ -233,6 +264,133 @@ def sample_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: 
     return ClipSpec(index=index, split=split, seed=seed, colour=colour, object=obj, motion=motion,
                     background=background, caption=caption, fps=float(fps), num_frames=int(num_frames),
                     size=int(size), centers=centers.tolist(), sizes=sizes.tolist(), digit_instance=digit_instance)
+
+
+# ----------------------------------------------------------------------------------------------
+# Few-shot motions: a separate generator, so that sample_clip's clips never change
+# ----------------------------------------------------------------------------------------------
+
+_FEWSHOT_CODE = 2  # mixed into the seed next to _SPLIT_CODE's 0 (train) and 1 (heldout)
+_BOUNCE_PERIOD = (1.8, 2.2)
+_BOUNCE_HEIGHT = (0.28, 0.36)
+_CIRCLE_RADIUS = (0.16, 0.22)
+_CIRCLE_PERIOD = (3.6, 4.4)
+_ZIGZAG_AMPLITUDE = (0.10, 0.14)
+_ZIGZAG_PERIOD = (1.8, 2.2)
+_DIAGONAL_SPEED = (0.07, 0.10)
+
+
+def _triangle(u: np.ndarray) -> np.ndarray:
+    """Triangle wave of period 1: 0 at u = 0, +1 at 1/4, 0 at 1/2, -1 at 3/4."""
+    return 2.0 / np.pi * np.arcsin(np.sin(2.0 * np.pi * u))
+
+
+def fewshot_centers(motion: str, times: np.ndarray, size: int, half: float, rng: np.random.Generator) -> np.ndarray:
+    """Centres ``(F, 2)`` (x, y pixels) of a few-shot motion at ``times`` (seconds), inside the frame for an object
+    of half-extent ``half``; the motion's parameters are drawn from ``rng`` (see :data:`FEWSHOT_MOTIONS`)."""
+    check(motion in FEWSHOT_MOTIONS, f"unknown few-shot motion {motion!r}; allowed: {', '.join(FEWSHOT_MOTIONS)}")
+    duration = float(times[-1]) if len(times) else 0.0
+    room = size - 2 * half
+    if motion == "bounce":
+        period, height = rng.uniform(*_BOUNCE_PERIOD), min(rng.uniform(*_BOUNCE_HEIGHT) * size, room)
+        x = rng.uniform(half, size - half)
+        y = (size - half) - height * np.abs(np.sin(np.pi * times / period))
+        return np.stack([np.full_like(times, x), y], axis=1)
+    if motion == "circling":
+        radius, period = min(rng.uniform(*_CIRCLE_RADIUS) * size, room / 2), rng.uniform(*_CIRCLE_PERIOD)
+        cx, cy = rng.uniform(half + radius, size - half - radius, size=2)
+        angle = rng.uniform(0, 2 * np.pi) + 2 * np.pi * times / period  # y grows downwards: clockwise on screen
+        return np.stack([cx + radius * np.cos(angle), cy + radius * np.sin(angle)], axis=1)
+    if motion == "zigzag":
+        speed, amplitude = rng.uniform(*_SPEED) * size, min(rng.uniform(*_ZIGZAG_AMPLITUDE) * size, room / 2)
+        period = rng.uniform(*_ZIGZAG_PERIOD)
+        if duration > 0:
+            speed = min(speed, room / duration)
+        x0 = rng.uniform(half, max(half, size - half - speed * duration))
+        cy = rng.uniform(half + amplitude, size - half - amplitude)
+        return np.stack([x0 + speed * times, cy - amplitude * _triangle(times / period)], axis=1)
+    speed = rng.uniform(*_DIAGONAL_SPEED) * size  # diagonal: down-right, the same speed on both axes
+    if duration > 0:
+        speed = min(speed, room / duration)
+    start = rng.uniform(half, max(half, size - half - speed * duration), size=2)
+    return start[None, :] + speed * times[:, None] * np.ones((1, 2))
+
+
+def sample_fewshot_clip(index: int, motion: str, *, seed: int = 0, num_frames: int = 33, fps: float = 8.0,
+                        size: int = 64, colours: list[str] | tuple[str, ...] | None = None,
+                        objects: list[str] | tuple[str, ...] | None = None,
+                        digit_weight: float = DIGIT_WEIGHT) -> ClipSpec:
+    """Clip ``index`` of one few-shot ``motion`` (a key of :data:`FEWSHOT_MOTIONS`), ``split="fewshot"``.
+
+    ``colours`` / ``objects``: the colours and objects to draw from (default: all); e.g. a few for tuning clips
+    and the others for testing that the motion transfers. Deterministic in all arguments; a separate random
+    stream from :func:`sample_clip`'s (which this function does not touch). Trajectories are in continuous time
+    as there: the same duration at another frame rate gives the same path.
+    """
+    _check_render_args(num_frames, fps, size)
+    check(motion in FEWSHOT_MOTIONS, f"unknown few-shot motion {motion!r}; allowed: {', '.join(FEWSHOT_MOTIONS)}")
+    check(digit_weight > 0 and math.isfinite(digit_weight), f"digit_weight must be a positive number, got {digit_weight!r}")
+    colours = list(COLOURS) if colours is None else list(colours)
+    objects = list(OBJECTS) if objects is None else list(objects)
+    check(bool(colours) and all(c in COLOURS for c in colours),
+          f"colours must be a non-empty list of {', '.join(COLOURS)}; got {colours}")
+    check(bool(objects) and all(o in OBJECTS for o in objects),
+          f"objects must be a non-empty list of {', '.join(OBJECTS)}; got {objects}")
+    rng = np.random.default_rng([seed, _FEWSHOT_CODE, list(FEWSHOT_MOTIONS).index(motion), index])
+    colour = str(rng.choice(colours))
+    weights = np.array([digit_weight if o.startswith("digit") else 1.0 for o in objects])
+    obj = objects[rng.choice(len(objects), p=weights / weights.sum())]
+    background = str(rng.choice(list(BACKGROUNDS)))
+    caption = make_caption(colour, obj, motion, background, rng)
+    digit_instance = int(rng.choice(_digit_indices(int(obj[5:])))) if obj.startswith("digit") else None
+    lo, hi = _DIGIT_SIZE if digit_instance is not None else _SIZE
+    sizes = np.full(num_frames, rng.uniform(lo, hi) * size)
+    times = np.arange(num_frames) / fps
+    centers = fewshot_centers(motion, times, size, sizes.max() / 2 + 1, rng)
+    return ClipSpec(index=index, split=FEWSHOT_SPLIT, seed=seed, colour=colour, object=obj, motion=motion,
+                    background=background, caption=caption, fps=float(fps), num_frames=int(num_frames),
+                    size=int(size), centers=centers.tolist(), sizes=sizes.tolist(), digit_instance=digit_instance)
+
+
+def fewshot_track_score(motion: str, centers: np.ndarray | list, size: int) -> float:
+    """How well a centre track ``(F, 2)`` (x, y pixels; e.g. the judge's per-frame centres) has the shape of the
+    few-shot ``motion``, in [0, 1] (1: the shape exactly; a simple check until the motion-fidelity score):
+
+    * ``diagonal``: mean cosine between each frame-to-frame step and the down-right direction, times how far it
+      went (capped at 1 for 20 % of the frame);
+    * ``bounce``: x stays (< 8 % of the frame's drift), y has a peak-to-peak of >= 15 % of the frame and returns
+      down after going up (a minimum of y strictly inside the track), the fraction of these that hold;
+    * ``circling``: the centres' distances to their mean are alike (1 - their coefficient of variation), and the
+      angle around the mean turns clockwise at least half a turn;
+    * ``zigzag``: net rightward travel (>= 15 % of the frame) and the vertical steps change sign at least once.
+    """
+    check(motion in FEWSHOT_MOTIONS, f"unknown few-shot motion {motion!r}; allowed: {', '.join(FEWSHOT_MOTIONS)}")
+    c = np.asarray(centers, dtype=np.float64)
+    check(c.ndim == 2 and c.shape[1] == 2 and len(c) >= 3, f"centers must be (F >= 3, 2), got shape {c.shape}")
+    steps = np.diff(c, axis=0)
+    if motion == "diagonal":
+        norms = np.linalg.norm(steps, axis=1)
+        cos = np.where(norms > 1e-9, steps @ np.array([1.0, 1.0]) / np.sqrt(2) / np.maximum(norms, 1e-9), 0.0)
+        travel = min(1.0, float(np.linalg.norm(c[-1] - c[0])) / (0.2 * size))
+        return float(max(0.0, cos.mean()) * travel)
+    if motion == "bounce":
+        y = c[:, 1]
+        peak = int(np.argmin(y))
+        checks = [np.ptp(c[:, 0]) < 0.08 * size, np.ptp(y) >= 0.15 * size,
+                  0 < peak < len(y) - 1 and y[-1] - y[peak] >= 0.1 * size and y[0] - y[peak] >= 0.1 * size]
+        return float(np.mean(checks))
+    if motion == "circling":
+        rel = c - c.mean(axis=0)
+        radius = np.linalg.norm(rel, axis=1)
+        if radius.mean() < 0.05 * size:
+            return 0.0
+        roundness = max(0.0, 1.0 - float(radius.std() / radius.mean()))
+        turn = np.diff(np.unwrap(np.arctan2(rel[:, 1], rel[:, 0])))  # positive: clockwise on screen (y down)
+        return roundness * min(1.0, max(0.0, float(turn.sum()) / np.pi))
+    right = (c[-1, 0] - c[0, 0]) >= 0.15 * size
+    dy = steps[:, 1][np.abs(steps[:, 1]) > 0.01 * size]
+    turns = bool(len(dy) >= 2 and np.any(np.sign(dy[1:]) != np.sign(dy[:-1])))
+    return float(np.mean([right, turns]))
 
 
 # ----------------------------------------------------------------------------------------------
