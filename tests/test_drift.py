@@ -13,7 +13,7 @@ from microcinema.core.errors import MicroCinemaError
 from microcinema.data.synthetic import BACKGROUNDS, HELD_OUT_COMBOS, render_clip
 from microcinema.eval.drift import (BACKGROUND_TOLERANCE, ImageFeatureModel, Segment, check_segments, colour_statistics,
                                     domain_drift, feature_similarity, measure_drift, motion_amount, plot_drift,
-                                    start_end_contrast, start_end_count, video_drift)
+                                    save_drift_report, start_end_contrast, start_end_count, video_drift)
 from microcinema.eval.longvideo import (MOTION_PATTERNS, benchmark_sequences, drifting, fade_colours, is_heldout,
                                         remove_object, render_truth, run_longvideo, sample_sequence)
 
@@ -65,6 +65,22 @@ def test_sequences_continue_across_segments_and_stay_in_frame():
     with pytest.raises(MicroCinemaError) as error:
         sample_sequence(0, motions=["left", "sideways", "up", "down"])
     assert "unknown motion 'sideways'" in one_line(error)
+    with pytest.raises(MicroCinemaError) as error:
+        sample_sequence(0, motions=["left"] * 4)
+    assert "leave the frame" in one_line(error)
+
+
+def test_long_sequences_loop_at_full_speed():
+    """256 frames (16 segments): the pattern repeats mirrored, so the path closes and no segment is slowed."""
+    segments = sample_sequence(2, num_segments=16)
+    pattern = MOTION_PATTERNS[segments[0].motion]
+    mirror = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    assert [s.motion for s in segments[4:8]] == [mirror.get(m, m) for m in pattern]
+    assert [s.motion for s in segments[8:12]] == list(pattern) and sum(s.num_frames for s in segments) == 256
+    centers = np.concatenate([s.centers for s in segments])
+    steps = np.linalg.norm(np.diff(centers, axis=0), axis=1)
+    moving = steps[steps > 1e-9]
+    assert np.allclose(moving, moving[0])  # one speed throughout: never scaled down to fit
 
 
 # ---------------------------------------------------------------------------------------------- truth
@@ -194,6 +210,10 @@ def test_video_drift_with_a_feature_model_and_the_plot(sequence, feature_folders
     json.dumps(report.to_dict())  # JSON-ready
     path = plot_drift(tmp_path / "one.png", report, title="one video")
     assert path.stat().st_size > 10_000
+    paths = save_drift_report(tmp_path / "video", report, title="one video")
+    text = paths["md"].read_text()
+    assert "| feature_similarity |" in text and "| 4 | 48-63 |" in text and "| motion_right_all | True |" in text
+    assert json.loads(paths["json"].read_text())["boundaries"] == [16, 32, 48] and paths["png"].exists()
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -229,10 +249,10 @@ def test_bad_input_is_a_one_line_error(sequence, tmp_path):
 
 
 def test_benchmark_on_truth_and_on_a_drifting_fake(tmp_path):
-    truth = run_longvideo(render_truth, tmp_path / "truth", num_sequences=4, command="test")
+    truth = run_longvideo(render_truth, tmp_path / "truth", num_sequences=3, command="test")
     a = truth["all"]
-    heldout = sum(is_heldout(s) for s in benchmark_sequences(4))  # the last opens with one, others may hold one later
-    assert a["n"] == 4 and heldout >= 1 and truth["heldout_sequences"]["n"] == heldout and truth["frames"] == 64
+    heldout = sum(is_heldout(s) for s in benchmark_sequences(3))  # the last opens with one, others may hold one later
+    assert a["n"] == 3 and heldout >= 1 and truth["heldout_sequences"]["n"] == heldout and truth["frames"] == 64
     assert a["motion_right_per_segment"] == a["motion_right_all_segments"] == 1.0
     assert a["colour_kept_every_frame"] == a["object_kept_every_frame"] == a["background_kept_every_frame"] == 1.0
     assert all(v == 1.0 for v in a["motion_right_by_position"]) and len(a["motion_right_by_position"]) == 4
@@ -247,7 +267,7 @@ def test_benchmark_on_truth_and_on_a_drifting_fake(tmp_path):
     assert json.loads((tmp_path / "truth" / "metrics.json").read_text())["per_sequence"][0]["motions"]
 
     fake = drifting(render_truth, lambda frames: remove_object(fade_colours(frames, 0.5), 56))
-    drift = run_longvideo(fake, tmp_path / "fake", num_sequences=4, label="fading, vanishing at 56")
+    drift = run_longvideo(fake, tmp_path / "fake", num_sequences=2, label="fading, vanishing at 56")
     d = drift["all"]
     assert d["object_kept_every_frame"] == d["colour_kept_every_frame"] == 0.0
     assert d["object_kept_frames"] == pytest.approx(56 / 64)

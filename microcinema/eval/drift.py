@@ -574,3 +574,37 @@ def plot_drift(path: str | Path, report: DriftReport | Sequence[DriftReport], ti
     plt.close(fig)
     return path
 
+
+
+def _fmt(value: Any, spec: str = "+.3g") -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
+
+
+def save_drift_report(out: str | Path, report: DriftReport, title: str = "drift") -> dict[str, Path]:
+    """One video's measures to ``out``: ``drift.json`` (:meth:`DriftReport.to_dict`), ``drift.png``
+    (:func:`plot_drift`) and ``drift.md`` (the start-end contrasts and, for the domain, the summary and the
+    judged motion of each segment)."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "drift.json", "png": out / "drift.png", "md": out / "drift.md"}
+    paths["json"].write_text(json.dumps(report.to_dict(), indent=1, default=str) + "\n")
+    plot_drift(paths["png"], report, title=title)
+    g = report.generic
+    lines = [f"# {title}", "", f"{g['num_frames']} frames; start-end contrast = mean over the last "
+             f"{START_END_FRACTION:.0%} of frames minus mean over the first (signed, the measure's units).", "",
+             "| measure | start-end contrast |", "|---|---|",
+             *[f"| {k} | {_fmt(v)} |" for k, v in g["start_end_contrast"].items()]]
+    if "subject_consistency" in g:
+        lines += [f"| subject consistency (VBench) | {_fmt(g['subject_consistency'], '.4f')} |"]
+    if report.domain is not None:
+        s = report.domain["summary"]
+        lines += ["", "| domain measure | value |", "|---|---|",
+                  *[f"| {k} | {v if not isinstance(v, float) else _fmt(v, '.4g')} |" for k, v in s.items()], "",
+                  "| segment | frames | prompt | motion asked | judged | right |", "|---|---|---|---|---|---|",
+                  *[f"| {i + 1} | {x['start']}-{x['stop'] - 1} | {x['prompt'] or ''} | {x['target_motion']} | "
+                    f"{x['motion']} | {x['motion_right']} |" for i, x in enumerate(report.domain["segments"])]]
+    lines += ["", f"![curves over time]({paths['png'].name})", ""]
+    paths["md"].write_text("\n".join(lines))
+    return paths

@@ -51,6 +51,7 @@ MOTION_PATTERNS: dict[str, tuple[str, ...]] = {
     "shrink": ("shrink", "up", "grow", "down"),
 }
 _TRANSLATION = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
+_MIRROR = {"left": "right", "right": "left", "up": "down", "down": "up"}
 _SPLIT_CODE = {"train": 0, "heldout": 1}
 
 
@@ -62,9 +63,11 @@ def sample_sequence(index: int, *, seed: int = 999, split: str = "train", motion
                     size: int = 64) -> list[ClipSpec]:
     """Sequence ``index``: ``num_segments`` :class:`ClipSpec` segments sharing object, colour and background.
 
-    ``motions``: one per segment (default: :data:`MOTION_PATTERNS` of the first motion, cycled). Speed and
-    growth rate are drawn once per sequence from the domain's ranges (:mod:`microcinema.data.synthetic`);
-    where a path would leave the frame, that axis's speed is scaled down to fit. Deterministic in
+    ``motions``: one per segment (default: :data:`MOTION_PATTERNS` of the first motion; for more segments
+    than the pattern has, it repeats mirrored every other time, left <-> right and up <-> down, so that any
+    length stays on screen). Speed and growth rate are drawn once per sequence from the domain's ranges
+    (:mod:`microcinema.data.synthetic`); where a path would leave the frame, that axis's speed is scaled
+    down to fit, and motions that would need a speed below the domain's slowest are an error. Deterministic in
     ``(index, seed, split, motions, frames_per_segment, num_segments, fps, size)``.
     """
     check(isinstance(num_segments, int) and num_segments >= 1,
@@ -72,9 +75,10 @@ def sample_sequence(index: int, *, seed: int = 999, split: str = "train", motion
     check(isinstance(frames_per_segment, int) and frames_per_segment >= 2,
           f"frames_per_segment must be an integer >= 2 (a motion needs two frames), got {frames_per_segment!r}")
     first = sample_clip(index, seed=seed, split=split, num_frames=frames_per_segment, fps=fps, size=size)
-    if motions is None:
+    if motions is None:  # the pattern, then mirrored (left <-> right, up <-> down), and so on: closed loops
         pattern = MOTION_PATTERNS[first.motion]
-        motions = [pattern[k % len(pattern)] for k in range(num_segments)]
+        motions = [pattern[k % len(pattern)] if (k // len(pattern)) % 2 == 0 else
+                   _MIRROR.get(pattern[k % len(pattern)], pattern[k % len(pattern)]) for k in range(num_segments)]
     motions = list(motions)
     check(len(motions) == num_segments, f"motions: {len(motions)} given for {num_segments} segments")
     for m in motions:
@@ -104,7 +108,11 @@ def sample_sequence(index: int, *, seed: int = 999, split: str = "train", motion
         steps = [sign * speed if m in _TRANSLATION and _TRANSLATION[m][0] == axis else 0.0
                  for m in step_motion for sign in [_TRANSLATION.get(m, (0, 0))[1]]]
         path = np.concatenate([[0.0], np.cumsum(steps)])
-        if np.ptp(path) > room:
+        if np.ptp(path) > room:  # slow this axis down to fit, but not below the domain's slowest speed
+            check(speed * room / np.ptp(path) * fps / size >= synthetic._SPEED[0],
+                  f"motions {motions} leave the frame: a path of {np.ptp(path):.0f} px along "
+                  f"{'xy'[axis]} does not fit the {room:.0f} px of room even at the domain's slowest speed; "
+                  "let the motions turn back (e.g. left, up, right, still)")
             path = path * room / np.ptp(path)
         lo, hi = half - path.min(), size - half - path.max()
         offsets[:, axis] = rng.uniform(lo, max(lo, hi)) + path
@@ -269,7 +277,9 @@ def run_longvideo(make_video: Generator, out: str | Path, *, num_sequences: int 
               f"the generator returned {len(frames)} frames for sequence {k}; its segments ask for {expected}")
         start = time.perf_counter()
         reports.append(measure_drift(frames, segments, feature_model=feature_model, fraction=fraction))
-        reference.append(video_drift(render_truth(segments), fraction=fraction)["start_end_contrast"])
+        truth_contrast = (reports[-1].generic["start_end_contrast"] if make_video is render_truth
+                          else video_drift(render_truth(segments), fraction=fraction)["start_end_contrast"])
+        reference.append({k: v for k, v in truth_contrast.items() if k != "feature_similarity"})
         measure_s += time.perf_counter() - start
         if len(shown) < 6:
             shown.append(frames)
