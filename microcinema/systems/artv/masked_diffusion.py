@@ -51,9 +51,8 @@ def alphas_cumprod_at(t: Tensor | float, alphas_cumprod: Any = None) -> Tensor:
     tt = t.detach().to("cpu", torch.float64).clamp(0, ac.numel() - 1)
     low = tt.floor().long().clamp(max=ac.numel() - 2)
     w = tt - low
-    exact = w == 0
     sigma = ((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]).exp()
-    abar = torch.where(exact, ac[low], 1 / (1 + sigma**2))
+    abar = torch.where(tt == tt.round(), ac[tt.round().long()], 1 / (1 + sigma**2))
     return abar.to(device)
 
 
