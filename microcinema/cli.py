@@ -23,6 +23,7 @@ MicroCinema: text-to-video generation with diffusion models.
   image        stage one: a key frame from text (embedded tiny model, or any diffusers pipeline)
   train        train a model of the embedded family (vae, t2i, video, interp) with the shared trainer
   eval         benchmark a pipeline: the procedural domain (shapes), UCF-101 (FVD, IS), MSR-VTT (CLIPSIM, FID)
+  fewshot      few-shot motion tuning: train a small adapter on 8-16 clips of one motion, generate with it
 
 Every command has its own --help with examples. Nothing is downloaded: models come from a local path
 (or a hub id you have cached), and the embedded tiny models ship inside the package.
@@ -424,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_command(subparsers)
     _add_train_command(subparsers)
     _add_eval_command(subparsers)
+    from microcinema.systems.fewshot.cli import add_fewshot_command
+
+    add_fewshot_command(subparsers)
     return parser
 
 
