@@ -103,3 +103,35 @@ def test_training_changes_only_the_papers_parameters(base_dir, tmp_path):
     assert set(saved) == names  # checkpoints and export hold the adapter's parameters only
     ckpt = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
     assert sum(f.stat().st_size for f in ckpt.rglob("*.safetensors")) < sum(v.numel() for v in saved.values()) * 4 + 65536
+
+
+def test_memory_estimate_is_the_measured_unfused_forward():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from microcinema.systems.fewshot.inflation import inflate_unet, mark_trainable
+    from microcinema.systems.fewshot.memory import estimate_memory
+    from microcinema.testing import tiny_unet2d
+
+    unet = tiny_unet2d()
+    settings = dict(num_frames=4, latent_size=(8, 8), text_length=77, text_dim=32)
+    estimate = estimate_memory(dict(unet.config), "recurrent", batch_size=1, **settings)
+    model = inflate_unet(unet, "recurrent")
+    names = mark_trainable(model, log=None)
+    assert estimate.trainable_parameters == sum(p.numel() for n, p in model.named_parameters() if n in names)
+    assert estimate.optimizer_bytes == 8 * estimate.trainable_parameters and estimate.ema_bytes == 0
+    weights, saved = {id(p) for p in model.parameters()}, {}
+
+    def pack(t):
+        base = t._base if t._base is not None else t
+        saved[id(base)] = (base, max(saved.get(id(base), (None, 0))[1], base.numel() * base.element_size()))
+        return t
+
+    with sdpa_kernel(SDPBackend.MATH), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(1, 4, 4, 8, 8), torch.tensor([10]), torch.randn(1, 77, 32))
+    real = sum(size for key, (_, size) in saved.items() if key not in weights)
+    assert abs(estimate.activations_bytes - real) <= 0.01 * real
+    double = estimate_memory(dict(unet.config), "recurrent", batch_size=2, **{**settings, "num_frames": 8})
+    assert double.activations_bytes > 3 * estimate.activations_bytes
+    assert "activations" in estimate.describe() and estimate.total_bytes > estimate.activations_bytes
+    with pytest.raises(MicroCinemaError, match="do not fit the base model"):
+        estimate_memory(dict(unet.config), "recurrent", batch_size=1, **{**settings, "text_dim": 31})

@@ -115,6 +115,8 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
                        help="EMA decay of the trained parameters (default: off, as the paper)")
     train.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=500,
                        help="steps between checkpoints (default 500)")
+    train.add_argument("--log-every", type=_positive_int("--log-every"), default=10,
+                       help="steps per loss.jsonl line (mean over them; default 10)")
     train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                        help="accelerate's mixed precision on a GPU (default no)")
     train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
@@ -186,7 +188,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         data=str(args.data), out=str(args.out), base=args.base, caption=args.caption, attention=args.attention,
         steps=args.steps, num_frames=args.frames, fps=args.fps, height=height, width=width, noise=args.noise,
         noise_alpha=args.noise_alpha, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed,
-        ema_decay=args.ema, checkpoint_every=args.checkpoint_every, mixed_precision=args.mixed_precision,
+        ema_decay=args.ema, checkpoint_every=args.checkpoint_every, log_every=args.log_every, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, dry_run=args.dry_run, overwrite=args.overwrite)
     report = train_fewshot(settings)
     if not args.dry_run:

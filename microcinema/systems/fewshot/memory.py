@@ -9,9 +9,11 @@ How it is computed (honestly, and no weights are needed):
   config (shapes only, no memory, no compute), the paper's parameters are marked trainable, and one training
   forward of a single clip (``frames x latent size``, the text length of the base's encoder) runs under
   ``torch.autograd.graph.saved_tensors_hooks``; the bytes of every distinct tensor autograd keeps for the
-  backward pass are summed (frozen weights excluded, views counted once) and multiplied by the batch size. The
-  attention kernel of the device may save less (fused kernels keep no attention matrix); the backward pass's
-  own temporaries and the CUDA context (~0.5-1 GB) are not counted.
+  backward pass are summed (frozen weights excluded, views counted once) and multiplied by the batch size. On
+  the meta device attention runs unfused (PyTorch's math path, which keeps every attention matrix), so this is
+  the unfused figure, an upper bound: the fused kernels of a GPU (flash, memory-efficient) and of recent CPUs
+  keep no attention matrix and need less (tested: the estimate equals a real CPU forward with the math kernel).
+  The backward pass's own temporaries and the CUDA context (~0.5-1 GB) are not counted.
 
 The same meta forward also checks that the settings fit the model (frames, size, text width) before anything
 is loaded or trained: the CPU path that catches a config error before a GPU is rented.
@@ -19,6 +21,9 @@ is loaded or trained: the CPU path that catches a config error before a GPU is r
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -66,7 +71,7 @@ class MemoryEstimate:
             f"  optimizer    {mib(self.optimizer_bytes):>14}  (AdamW: 2 fp32 moments per trainable parameter)",
             *([f"  EMA          {mib(self.ema_bytes):>14}"] if self.ema_bytes else []),
             f"  activations  {mib(self.activations_bytes):>14}  (measured: tensors saved for backward in one forward "
-            "on the meta device, x batch)",
+            "on the meta device, x batch; unfused attention, an upper bound)",
             f"  total        {mib(self.total_bytes):>14}  (+ backward temporaries and the CUDA context, not counted)",
         ])
 
@@ -76,7 +81,18 @@ def estimate_memory(unet_config: dict[str, Any], attention: str, *, batch_size: 
                     memory_nonlinearity: str = "tanh", param_dtype: torch.dtype = torch.float32,
                     ema: bool = False, gradient_checkpointing: bool = False) -> MemoryEstimate:
     """Estimate one training step's memory for an inflated ``UNet2DConditionModel`` of ``unet_config`` (see the
-    module docstring). Raises a one-line error when the settings do not fit the model."""
+    module docstring). Raises a one-line error when the settings do not fit the model. The same settings are
+    measured once per process (the meta forward takes seconds for a large U-Net)."""
+    key = json.dumps([unet_config, attention, batch_size, num_frames, list(latent_size), text_length, text_dim,
+                      memory_nonlinearity, str(param_dtype), ema, gradient_checkpointing], sort_keys=True, default=str)
+    return copy.copy(_estimate(key))
+
+
+@functools.lru_cache(maxsize=16)
+def _estimate(key: str) -> MemoryEstimate:
+    (unet_config, attention, batch_size, num_frames, latent_size, text_length, text_dim, memory_nonlinearity,
+     dtype_name, ema, gradient_checkpointing) = json.loads(key)
+    param_dtype = getattr(torch, dtype_name.replace("torch.", ""))
     from microcinema.systems.fewshot.inflation import FewShotVideoUNet, count_parameters, mark_trainable
 
     with torch.device("meta"):
@@ -119,7 +135,7 @@ def estimate_memory(unet_config: dict[str, Any], attention: str, *, batch_size: 
         total_parameters=total, trainable_parameters=trainable, parameters_bytes=total * pbytes,
         gradients_bytes=trainable * 4, optimizer_bytes=2 * trainable * 4, ema_bytes=trainable * 4 if ema else 0,
         activations_bytes=activations * batch_size, batch_size=batch_size, num_frames=num_frames,
-        latent_size=(h, w), gradient_checkpointing=gradient_checkpointing)
+        latent_size=(h, w), gradient_checkpointing=bool(gradient_checkpointing))
 
 
 __all__ = ["MemoryEstimate", "estimate_memory"]

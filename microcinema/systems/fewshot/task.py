@@ -233,14 +233,14 @@ def train_fewshot(settings: FewShotSettings, *, log: Any = print) -> dict[str, A
     check(height % m == 0 and width % m == 0 and height > 0 and width > 0,
           f"--size must be a positive multiple of {m} pixels (the VAE downsamples x{m}), got {height}x{width}")
     latent = (height // m, width // m)
+    clips = read_tuning_clips(settings.data, num_frames=settings.num_frames, fps=settings.fps, size=(height, width),
+                              caption=settings.caption)
     estimate = estimate_memory(dict(base.unet.config), settings.attention, batch_size=settings.batch_size,
                                num_frames=settings.num_frames, latent_size=latent,
                                text_length=base.text_encoder.max_length, text_dim=base.text_encoder.hidden_size,
                                memory_nonlinearity=settings.memory_nonlinearity,
                                ema=settings.ema_decay is not None,
                                gradient_checkpointing=settings.gradient_checkpointing)
-    clips = read_tuning_clips(settings.data, num_frames=settings.num_frames, fps=settings.fps, size=(height, width),
-                              caption=settings.caption)
     check(len(clips) >= settings.batch_size, f"--batch-size {settings.batch_size} is larger than the {len(clips)} clips")
     log(f"fewshot: {len(clips)} clips of {settings.num_frames} frames at {settings.fps:g} fps, {height}x{width}; "
         f"base {settings.base} [{base.fingerprint}]")
@@ -263,7 +263,9 @@ def train_fewshot(settings: FewShotSettings, *, log: Any = print) -> dict[str, A
     items = encode_clips(clips, base.vae, base.text_encoder, device)
     base.vae.to("cpu")
     base.text_encoder.to("cpu")
-    model = inflate_unet(base.unet, settings.attention, memory_nonlinearity=settings.memory_nonlinearity)
+    with torch.random.fork_rng(devices=[]):  # the new layers' random init from the seed: a run is reproducible
+        torch.manual_seed(settings.seed)
+        model = inflate_unet(base.unet, settings.attention, memory_nonlinearity=settings.memory_nonlinearity)
     names = mark_trainable(model, log=log)
     if settings.gradient_checkpointing:
         model.enable_gradient_checkpointing()
