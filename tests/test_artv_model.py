@@ -100,11 +100,21 @@ def test_every_new_part_gets_gradient_and_conditions_matter():
     model, _ = tiny_artv()
     model.train()
     x = inputs()
-    out = model(x["y"], x["t"], x["text"], refs=x["refs"], anchor=x["anchor"], ref_level=torch.tensor([5, 100, 550]))
+    out_noise = torch.randn_like(x["refs"]), torch.randn_like(x["anchor"])
+    out = model(x["y"], x["t"], x["text"], refs=x["refs"], anchor=x["anchor"], ref_level=torch.tensor([5, 100, 550]),
+                ref_noise=out_noise[0], anchor_noise=out_noise[1])
     out.sample.square().mean().backward()
     for prefix in ("adapter_zero_convs.", "anchor_embed.proj.", "unet.class_embedding.linear_2.", "mask_net.conv_out."):
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), prefix
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.enable_gradient_checkpointing()  # same gradients, less memory (the U-Net's and mask network's blocks)
+    model(x["y"], x["t"], x["text"], refs=x["refs"], anchor=x["anchor"], ref_level=torch.tensor([5, 100, 550]),
+          ref_noise=out_noise[0], anchor_noise=out_noise[1]).sample.square().mean().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    model.disable_gradient_checkpointing()
     model.zero_grad()
     randomise_new_parts(model.eval())
     with torch.no_grad():

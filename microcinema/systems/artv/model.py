@@ -149,6 +149,7 @@ class ARTVModel(ModelMixin, ConfigMixin):
     """
 
     ignore_for_config = ["unet"]
+    _supports_gradient_checkpointing = True  # enable_gradient_checkpointing(): the U-Net's and mask network's blocks
 
     @register_to_config
     def __init__(
