@@ -265,8 +265,11 @@ def test_four_guidance_branches_in_one_batch_equal_four_forwards():
     expected = compositional_guidance(separate["all"], {k: (separate[k], w[k]) for k in w})
     calls = []
     model.register_forward_hook(lambda m, a, k, o: calls.append(a[0].shape[0]), with_kwargs=True)
-    eps = guided_eps_model(model, cond, null_text)(x["y"], x["t"])
+    masks = []
+    eps = guided_eps_model(model, cond, null_text, mask_callback=lambda t, m: masks.append((t, m)))(x["y"], x["t"])
     assert calls == [4 * B]  # one batched forward
+    assert len(masks) == 1 and torch.equal(masks[0][0], x["t"])
+    torch.testing.assert_close(masks[0][1], model(x["y"], x["t"], **branches["all"]).mask, rtol=0, atol=1e-6)
     torch.testing.assert_close(eps, expected, rtol=0, atol=1e-5)
     for k in w:  # each branch differs from e(all): every condition is live in the batch
         assert not torch.allclose(separate[k], separate["all"], atol=1e-4), k

@@ -30,7 +30,7 @@ w_txt (e(all) - e(no text))`` with ``0.25 / 0.25 / 6.5``, the four branches in o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -205,15 +205,27 @@ def cond_eps_model(model: Any, alphas_cumprod: Any = None) -> CondEpsModel:
 
 def guided_eps_model(model: Any, cond: ARTVCond, null_text: tuple[Tensor, Tensor | None], *,
                      w_ref: float = GUIDANCE_WEIGHTS["ref"], w_anchor: float = GUIDANCE_WEIGHTS["anchor"],
-                     w_text: float = GUIDANCE_WEIGHTS["text"], alphas_cumprod: Any = None) -> EpsModel:
+                     w_text: float = GUIDANCE_WEIGHTS["text"], alphas_cumprod: Any = None,
+                     mask_callback: Callable[[Tensor, Tensor], None] | None = None) -> EpsModel:
     """An :data:`~microcinema.core.diffusion.EpsModel` of ART-V's compositional guidance (eq. 8) for the
     sampler: the branches with a positive weight and a present condition in one batched forward per step,
-    combined by :func:`~microcinema.core.guidance.compositional_guidance`."""
+    combined by :func:`~microcinema.core.guidance.compositional_guidance`. ``mask_callback(t, m)``, if given, is
+    called at every evaluation with the timesteps and the mask ``(B, 1, H, W)`` of the ``e(all)`` branch (the
+    mean mask per sampling step of the paper's Fig. 4); not called without masked diffusion."""
     branches = guidance_branches(cond, null_text)
     present = {"ref": cond.get("refs") is not None, "anchor": cond.get("anchor") is not None, "text": True}
     weights = {"ref": w_ref, "anchor": w_anchor, "text": w_text}
     terms = {k: (branches[k], weights[k] if present[k] else 0.0) for k in ("ref", "anchor", "text")}
-    return compositional_eps_model(cond_eps_model(model, alphas_cumprod), branches["all"], terms)
+    active = 1 + sum(1 for k, (_, w) in terms.items() if float(w) > 0)
+
+    def eps_with_cond(y_t: Tensor, t: Tensor, c: ARTVCond) -> Tensor:
+        out = model(y_t, t, alphas_cumprod=alphas_cumprod, **c)
+        if mask_callback is not None and out.mask is not None:
+            b = y_t.shape[0] // active  # compositional_eps_model puts e(all) first
+            mask_callback(t[:b], out.mask[:b])
+        return out.sample
+
+    return compositional_eps_model(eps_with_cond, branches["all"], terms)
 
 
 def artv_eps(model: Any, y_t: Tensor, t: Tensor | float, refs: Tensor | None, anchor: Tensor | None, text: Tensor,
