@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from microcinema.core.diffusion import VPDenoiser, add_noise, alphas_cumprod_of, make_training_scheduler
+from microcinema.core.diffusion import VPDenoiser, add_noise, alphas_cumprod_of
 from microcinema.core.errors import MicroCinemaError
 from microcinema.core.guidance import compositional_guidance
 from microcinema.systems.artv.conditioning import (gather_frames, guidance_branches, guided_eps_model,
