@@ -30,6 +30,10 @@ examples:
       check data, base and settings on a CPU and print the memory estimate before renting a GPU
   microcinema fewshot generate adapters/bounce.safetensors "a green star bouncing" --out star.mp4 --compare
       also writes star_compare.mp4 and star_compare.png: tuned (left/top) next to the untuned base, same seed
+  microcinema fewshot evaluate adapters/bounce.safetensors --data data/bounce/captions.jsonl --out eval/bounce
+      30 videos of the taught motion for colours and objects not in the tuning clips, and the untuned base with
+      the same prompts and seeds: motion right, colour/object kept, warping error, motion fidelity
+      (metrics.json, report.md, samples.png, samples.gif); --clip ./clip-vit-base-patch32 adds CLIP scores
 """
 
 
@@ -78,7 +82,8 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
         description="Few-shot motion tuning (recurrent few-shot paper): inflate a text-to-image U-Net to video "
                     "(sparse-causal or recurrent causal attention, temporal attention), tune only the paper's "
                     "parameters on a few clips of one motion, save them as a small adapter file, generate with it.")
-    sub = fewshot.add_subparsers(dest="fewshot_command", metavar="{train,generate,data}", parser_class=parser_class)
+    sub = fewshot.add_subparsers(dest="fewshot_command", metavar="{train,generate,data,evaluate}",
+                                 parser_class=parser_class)
     sub.required = True
 
     train = sub.add_parser(
@@ -166,6 +171,43 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--objects", default=None, help="comma-separated objects to draw from (default all)")
     data.set_defaults(func=_cmd_data)
 
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate an adapter against the untuned base", epilog=FEWSHOT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate with an adapter and with the untuned base (same prompts and seeds) and measure them "
+                    "(recurrent few-shot paper, section 4): on the procedural domain, videos of the taught motion for "
+                    "colours and objects not in the tuning clips, judged from the pixels (motion right and motion "
+                    "fidelity, colour and object kept in every frame); warping error; the flow-statistics distance "
+                    "to the tuning clips (--data); CLIP score and CLIP-Temp (--clip). Writes metrics.json, "
+                    "report.md, samples.png, samples.gif and videos/ under --out.")
+    evaluate.add_argument("adapter", type=Path, help="adapter file written by 'microcinema fewshot train'")
+    evaluate.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    evaluate.add_argument("--data", type=Path, default=None,
+                          help="the tuning clips (caption table or folder): held-out colours/objects and the "
+                               "flow-statistics reference")
+    evaluate.add_argument("--motion", choices=list(FEWSHOT_MOTIONS), default=None,
+                          help="the taught motion (default: the one of the --data table's clips)")
+    evaluate.add_argument("--prompts", type=Path, default=None,
+                          help="a text file of prompts, one a line, instead of domain prompts (real videos)")
+    evaluate.add_argument("--num-videos", type=_positive_int("--num-videos"), default=30,
+                          help="domain videos (default 30)")
+    evaluate.add_argument("--colours", default=None, help="comma-separated colours to evaluate (default: those not "
+                                                          "in the tuning clips)")
+    evaluate.add_argument("--objects", default=None, help="comma-separated objects to evaluate (default: the shapes "
+                                                          "not in the tuning clips)")
+    evaluate.add_argument("--base", default=None, help="the base model (default: the one the adapter names)")
+    evaluate.add_argument("--steps", type=_positive_int("--steps"), default=50, help="sampling steps (default 50)")
+    evaluate.add_argument("--guidance-scale", type=_number("--guidance-scale", "a number >= 0", lambda v: v >= 0),
+                          default=None, help="classifier-free guidance (default the pipeline's, 12.5)")
+    evaluate.add_argument("--frames", type=_positive_int("--frames"), default=None,
+                          help="frames per video (default: the adapter's)")
+    evaluate.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
+    evaluate.add_argument("--clip", type=Path, default=None, help="a CLIP model folder for CLIP score and CLIP-Temp")
+    evaluate.add_argument("--batch-size", type=_positive_int("--batch-size"), default=4,
+                          help="videos per sampling call (default 4)")
+    evaluate.add_argument("--no-base", action="store_true", help="skip the untuned base reference")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
 
 def _split(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
@@ -195,6 +237,24 @@ def _cmd_train(args: argparse.Namespace) -> None:
         print(f"wrote {report['adapter']} ({report['adapter_bytes'] / 2**20:.2f} MiB, "
               f"{report['trainable_parameters']:,} parameters, {report['steps']} steps); run folder {report['run_dir']}")
     print(json.dumps({k: v for k, v in report.items() if k != "memory_estimate"}, default=str))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from microcinema.core.errors import check
+    from microcinema.systems.fewshot.evaluate import evaluate_adapter
+
+    prompts = None
+    if args.prompts is not None:
+        check(args.prompts.is_file(), f"--prompts file not found: {args.prompts}")
+        prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+        check(bool(prompts), f"--prompts file {args.prompts} holds no prompt")
+    metrics = evaluate_adapter(
+        args.adapter, args.out, base=args.base, motion=args.motion, data=args.data, prompts=prompts,
+        num_videos=args.num_videos, colours=_split(args.colours), objects=_split(args.objects),
+        num_inference_steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, num_frames=args.frames,
+        clip=args.clip, reference_base=not args.no_base, batch_size=args.batch_size)
+    print(json.dumps({"tuned": metrics["tuned"], "base": metrics["base"], "targets": metrics.get("targets")},
+                     default=str))
 
 
 def _compare_path(out: Path, suffix: str) -> Path:
