@@ -7,7 +7,7 @@ learning rate, seeds, evaluation prompts and sampling seeds):
 
 * ``recurrent-autoregressive`` (the paper's model), ``sparse-causal-autoregressive`` (the attention baseline),
   ``recurrent-independent`` and ``recurrent-shared`` (the noise priors; section 4.3); ``--full-grid`` adds the
-  sparse-causal ones with the other priors. The untuned base (the reference) is evaluated with the first variant
+  sparse-causal ones with the other priors, ``--variants`` picks some. The untuned base (the reference) is evaluated with the first variant
   (``--base-every`` for every variant).
 
 ``OUT/comparison.md`` (and ``comparison.json``) holds one table per motion (every metric, one column per variant)
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated motions (default all four)")
     parser.add_argument("--full-grid", action="store_true", help="also sparse-causal with the other noise priors")
     parser.add_argument("--base-every", action="store_true", help="evaluate the untuned base for every variant")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variant names to run (default: all; see VARIANTS and --full-grid)")
     return parser
 
 
@@ -168,6 +170,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     check(bool(motions) and all(m in FEWSHOT_MOTIONS for m in motions),
           f"--motions must be a comma-separated list of {', '.join(FEWSHOT_MOTIONS)}, got {args.motions!r}")
     variants = VARIANTS + (EXTRA if args.full_grid else ())
+    if args.variants is not None:
+        names = [v.strip() for v in args.variants.split(",") if v.strip()]
+        known = {name for name, _, _ in VARIANTS + EXTRA}
+        check(bool(names) and set(names) <= known,
+              f"--variants must be a comma-separated list of {', '.join(sorted(known))}, got {args.variants!r}")
+        variants = tuple(v for v in VARIANTS + EXTRA if v[0] in names)
     out = Path(args.out)
     per_motion: dict[str, dict[str, Any]] = {}
     for motion in motions:
