@@ -7,8 +7,8 @@ learning rate, seeds, evaluation prompts and sampling seeds):
 
 * ``recurrent-autoregressive`` (the paper's model), ``sparse-causal-autoregressive`` (the attention baseline),
   ``recurrent-independent`` and ``recurrent-shared`` (the noise priors; section 4.3); ``--full-grid`` adds the
-  sparse-causal ones with the other priors, ``--variants`` picks some. The untuned base (the reference) is evaluated with the first variant
-  (``--base-every`` for every variant).
+  sparse-causal ones with the other priors, ``--variants`` picks some. The untuned base (the reference) is
+  evaluated with the first variant (``--base-every`` for every variant).
 
 ``OUT/comparison.md`` (and ``comparison.json``) holds one table per motion (every metric, one column per variant)
 and the claims table: each claim of the paper with its numbers there, what was measured here, and "held here?"
@@ -89,10 +89,12 @@ def claims(results: dict[str, dict[str, Any]], base: dict[str, Any] | None) -> l
     add("recurrent attention: lower warping error than sparse-causal", "Table 1: 5756.69 vs 9956.31 (guided TAV)",
         pair("warping_error", False))
     add("recurrent attention: higher CLIP-Temp than sparse-causal", "Table 1: 98.00 vs 96.29", pair("clip_temp", True))
-    add("recurrent attention: higher CLIP score than sparse-causal", "Table 1: 31.29 vs 29.11", pair("clip_score", True))
+    add("recurrent attention: higher CLIP score than sparse-causal", "Table 1: 31.29 vs 29.11",
+        pair("clip_score", True))
     add("recurrent attention learns the motion better (smooth motion, not random variations of one image)",
         "section 4.2.2 (qualitative, Fig. 4)", pair("motion_fidelity", True))
-    add("recurrent attention: taught motion right more often", "section 4.2.2 (qualitative)", pair("motion_right", True))
+    add("recurrent attention: taught motion right more often", "section 4.2.2 (qualitative)",
+        pair("motion_right", True))
     add("independent noise: the most diverse samples", "section 4.3 (qualitative, Fig. 6)",
         among("diversity", "independent", True))
     add("independent noise: sometimes inconsistent (highest warping error of the priors)", "section 4.3",

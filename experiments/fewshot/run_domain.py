@@ -150,12 +150,17 @@ def train_settings(args: argparse.Namespace, table: Path, out: Path | None = Non
         overwrite=args.overwrite)
 
 
+_CPU_SHARE: list[float] = []  # wall / process CPU time of each timing (> 1: the machine is busy or throttled)
+
+
 def _timed(fn: Callable[[], Any], repeats: int) -> float:
     fn()  # warm-up
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - started) / repeats
+    wall = time.perf_counter() - started
+    _CPU_SHARE.append(wall / max(time.process_time() - cpu, 1e-9))
+    return wall / repeats
 
 
 def estimate_wall_time(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, float]:
@@ -206,12 +211,21 @@ def estimate_wall_time(args: argparse.Namespace, log: Callable[[str], None] = pr
                 "tuning_s": load + args.steps * per_step + 2 * args.num_clips * 0.05,
                 "generation_s": calls * per_call, "evaluation_s": per_eval * args.num_videos * sets}
     estimate["total_s"] = estimate["tuning_s"] + estimate["generation_s"] + estimate["evaluation_s"] + 2 * load
+    slowdown = min(_CPU_SHARE[-3:]) if _CPU_SHARE else 1.0
+    estimate["wall_per_cpu"] = slowdown
     log(f"run_domain: expected wall time for {args.motion} on this machine: tuning ~{estimate['tuning_s'] / 60:.1f} "
         f"min ({args.steps} steps x {per_step:.2f} s), generation ~{estimate['generation_s'] / 60:.1f} min "
         f"({args.num_videos} videos{' + the untuned base' if sets == 2 else ''}, {args.sample_steps} steps, "
         f"{per_call:.2f} s per call of {batch}), evaluation ~{estimate['evaluation_s'] / 60:.1f} min; total "
         f"~{estimate['total_s'] / 60:.1f} min"
         + (" (over the 10-minute tuning target)" if estimate["tuning_s"] > 600 else ""))
+    if slowdown > 1.5:
+        import os
+
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        log(f"run_domain: note: the timings ran {slowdown:.1f}x slower than this process's CPU time (load average "
+            f"{load_avg:.1f}): other work shares the cores; on an idle machine expect about "
+            f"{estimate['total_s'] / slowdown / 60:.1f} min in all, tuning {estimate['tuning_s'] / slowdown / 60:.1f} min")
     return estimate
 
 

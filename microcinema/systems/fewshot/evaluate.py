@@ -335,7 +335,8 @@ def evaluate_videos(videos: Sequence[Any], prompts: Sequence[str], fps: float, *
 
     check(len(videos) >= 1, "evaluate: no videos")
     check(len(prompts) == len(videos), f"evaluate: {len(videos)} videos but {len(prompts)} prompts")
-    check(truths is None or len(truths) == len(videos), f"evaluate: {len(videos)} videos but {len(truths or [])} truths")
+    check(truths is None or len(truths) == len(videos),
+          f"evaluate: {len(videos)} videos but {len(truths or [])} truths")
     clips = [_uint8(v) for v in videos]
     rows: list[dict[str, Any]] = []
     for i, clip_frames in enumerate(clips):
@@ -719,3 +720,10 @@ def evaluation_report(metrics: dict[str, Any], title: str | None = None) -> str:
               f"![samples]({Path(metrics['samples']['grid']).name}) (animated: "
               f"[{Path(metrics['samples']['gif']).name}]({Path(metrics['samples']['gif']).name}))", ""]
     return "\n".join(lines)
+
+
+__all__ = ["DEFAULT_SLACK", "FLOW_TOP", "METRIC_ROWS", "MOTION_RIGHT_THRESHOLD", "MotionFit", "NOISE_FLOOR", "TARGETS",
+           "clean_json", "clip_scores", "diversity", "domain_prompts", "evaluate_adapter", "evaluate_videos",
+           "evaluation_report", "flow_statistics", "flow_statistics_distance", "frame_change", "generate_videos",
+           "held_out", "judge_fewshot_video", "metrics_table", "motion_fidelity", "read_tuning_truth", "save_samples",
+           "sharpness"]
