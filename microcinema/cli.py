@@ -24,6 +24,7 @@ MicroCinema: text-to-video generation with diffusion models.
   train        train a model of the embedded family (vae, t2i, video, interp) with the shared trainer
   eval         benchmark a pipeline: the procedural domain (shapes), UCF-101 (FVD, IS), MSR-VTT (CLIPSIM, FID)
   fewshot      few-shot motion tuning: train a small adapter on 8-16 clips of one motion, generate with it
+  artv         long multi-prompt video, one frame at a time (ART-V), written to the file as it is made
 
 Every command has its own --help with examples. Nothing is downloaded: models come from a local path
 (or a hub id you have cached), and the embedded tiny models ship inside the package.
@@ -352,8 +353,9 @@ examples:
   microcinema eval --benchmark msrvtt --num-samples 2990 --out runs/msrvtt --captions test_videodatainfo.json \\
       --clip-model ./clip-vit-base-patch32 [--data ./MSRVTT/videos --inception-weights pt_inception.pth]
       CLIPSIM on the captions (JSON, JSONL, CSV or TXT); FID with the real videos and Inception weights
-  microcinema eval --benchmark longvideo --truth --num-samples 50 --out runs/longvideo_truth
-      drift of 64-frame, 4-prompt videos (ground-truth sanity run until the ART-V pipeline plugs in)
+  microcinema eval --benchmark longvideo --num-samples 50 --out runs/longvideo --model ./my-artv
+      drift of 64-frame, 4-prompt videos made by an ART-V pipeline folder (default: the embedded ART-V model);
+      --truth measures the rendered ground truth instead (the sanity run)
 
 Nothing is downloaded: weights and data come from the paths given.
 """
@@ -370,7 +372,8 @@ def _add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--num-samples", required=True, type=_positive_int("--num-samples"), help="videos to generate (>= 1)")
     ev.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     ev.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
-    ev.add_argument("--steps", type=_positive_int("--steps"), default=25, help="sampling steps (default 25)")
+    ev.add_argument("--steps", type=_positive_int("--steps"), default=None,
+                    help="sampling steps (default 25; longvideo: the ART-V model's own)")
     ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ev.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8, help="videos per batch (default 8)")
     ev.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
@@ -385,7 +388,7 @@ def _add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--domain-classifier", type=Path, default=None,
                     help="shapes: domain classifier folder for the domain FVD (default: the shipped one)")
     ev.add_argument("--truth", action="store_true",
-                    help="longvideo: measure the rendered ground truth (the sanity run; no model yet)")
+                    help="longvideo: measure the rendered ground truth (the sanity run) instead of a model")
     ev.set_defaults(func=_cmd_eval)
 
 
@@ -398,12 +401,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         from microcinema.eval.longvideo import run_from_cli
 
         run_from_cli(args.num_samples, args.out, truth=args.truth, model=args.model, seed=args.seed,
-                     feature_model=args.clip_model, command=args.command_line)
+                     feature_model=args.clip_model, command=args.command_line, steps=args.steps)
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
         return
 
     opts = EvalOptions(
-        benchmark=args.benchmark, num_samples=args.num_samples, out=args.out, model=args.model, steps=args.steps,
+        benchmark=args.benchmark, num_samples=args.num_samples, out=args.out, model=args.model,
+        steps=25 if args.steps is None else args.steps,
         seed=args.seed, interpolate=not args.no_interpolate, key_frames=args.key_frames, batch_size=args.batch_size,
         i3d_weights=args.i3d_weights, inception_weights=args.inception_weights, clip_model=args.clip_model,
         data=args.data, captions=args.captions, domain_classifier=args.domain_classifier, command=args.command_line)
@@ -428,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     from microcinema.systems.fewshot.cli import add_fewshot_command
 
     add_fewshot_command(subparsers)
+    from microcinema.systems.artv.cli import add_artv_command
+
+    add_artv_command(subparsers)
     return parser
 
 

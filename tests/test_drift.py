@@ -286,8 +286,8 @@ def test_cli_longvideo_truth_run(tmp_path, capsys):
     assert m["generator"] == "truth" and m["num_sequences"] == 2 and "ground-truth sanity run" in m["notes"][0]
     assert m["all"]["motion_right_per_segment"] == 1.0 and "wrote" in capsys.readouterr().out
     assert "microcinema eval --benchmark longvideo --truth" in (out / "report.md").read_text()
-    for argv, expected in ((["--benchmark", "longvideo"], "needs --truth"),
-                           (["--benchmark", "longvideo", "--model", str(tmp_path)], "cannot run a model yet"),
+    for argv, expected in ((["--benchmark", "longvideo", "--truth", "--model", str(tmp_path)], "leave --model out"),
+                           (["--benchmark", "longvideo", "--model", str(tmp_path)], "not an ART-V pipeline folder"),
                            (["--benchmark", "shapes", "--truth"], "--truth is only for --benchmark longvideo")):
         assert main(["eval", "--num-samples", "1", "--out", str(tmp_path / "x"), *argv]) == 2
         err = capsys.readouterr().err

@@ -391,15 +391,25 @@ def write_report(out: Path, m: dict[str, Any]) -> Path:
 
 
 def run_from_cli(num_sequences: int, out: str | Path, *, truth: bool = False, model: str | None = None,
-                 seed: int = 0, feature_model: str | Path | None = None, command: str = "") -> dict[str, Any]:
-    """``microcinema eval --benchmark longvideo``: for now only ``--truth`` (the rendered ground truth, the
-    sanity run on which every measure reads perfect); a model folder plugs in here once the ART-V pipeline
-    exists (it needs ``make_video(segments, seed)``: the segments' captions and frame counts in, frames out)."""
-    check(model is None, "--benchmark longvideo cannot run a model yet (the ART-V pipeline is not available); "
-                         "run it with --truth, the ground-truth sanity run")
-    check(truth, "--benchmark longvideo needs --truth (the ground-truth sanity run; a --model comes with the ART-V "
-                 "pipeline)")
+                 seed: int = 0, feature_model: str | Path | None = None, command: str = "",
+                 steps: int | None = None) -> dict[str, Any]:
+    """``microcinema eval --benchmark longvideo``: ``--truth`` (the rendered ground truth, the sanity run on which
+    every measure reads perfect) or an ART-V pipeline (``model``: a folder written by
+    :class:`~microcinema.systems.artv.pipeline.ARTVPipeline`, or None / ``"embedded"``: the embedded ART-V model)
+    through :meth:`~microcinema.systems.artv.pipeline.ARTVPipeline.make_video_fn` (``steps``: sampler steps per
+    frame, default the model's)."""
+    check(not (truth and model is not None), "--truth measures the ground truth: leave --model out, or drop --truth")
     check(feature_model is None or Path(feature_model).exists(), f"--clip-model {feature_model} does not exist")
-    return run_longvideo(render_truth, out, num_sequences=num_sequences, label="truth", seed=seed,
-                         feature_model=feature_model, command=command,
-                         note="ground-truth sanity run: the videos are the rendered ground truth, not a model's")
+    if truth:
+        return run_longvideo(render_truth, out, num_sequences=num_sequences, label="truth", seed=seed,
+                             feature_model=feature_model, command=command,
+                             note="ground-truth sanity run: the videos are the rendered ground truth, not a model's")
+    from microcinema.systems.artv.pipeline import ARTVPipeline
+
+    pipe = (ARTVPipeline.embedded() if model is None or str(model) == "embedded"
+            else ARTVPipeline.from_pretrained(model))
+    pipe.set_progress_bar_config(disable=True)
+    return run_longvideo(pipe.make_video_fn(num_inference_steps=steps), out, num_sequences=num_sequences,
+                         label=f"ART-V {model or 'embedded'}", seed=seed, feature_model=feature_model, command=command,
+                         note=f"ART-V, {steps or pipe.num_inference_steps} steps per frame, sampler {pipe.sampler}, "
+                              f"anchor {pipe.anchor}")
