@@ -165,3 +165,12 @@ def test_training_runs_exports_and_resumes(tmp_path, capsys):
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{"):])["steps"] == 4
+
+
+@pytest.mark.parametrize("num_references", [1, 3])
+def test_loss_gathers_as_many_references_as_the_model_takes(num_references):
+    cache, batch = fake_cache_and_batch()
+    model = RecordingModel(torch.zeros(B, C, H, W))
+    make_loss(cache, 0.5, ARTVLoss(), make_training_scheduler(), num_references=num_references)(
+        model, batch, torch.Generator().manual_seed(0))
+    assert model.calls[0]["refs"].shape == (B, num_references, C, H, W)

@@ -50,7 +50,7 @@ def test_train_then_generate_with_compare(setup, tmp_path, capsys):
     assert printed.index("memory estimate") < printed.index("wrote")
     state, meta = load_adapter(out)
     assert (meta.steps, meta.num_frames, meta.height, meta.width, meta.fps) == (2, 4, 32, 32, 2.0)
-    assert meta.attention == "recurrent" and meta.noise == "autoregressive" and meta.base == setup["base"]
+    assert meta.attention == "recurrent" and meta.noise == "independent" and meta.base == setup["base"]
     assert meta.num_clips == 3 and meta.trainable_parameters == sum(v.numel() for v in state.values())
     run = tmp_path / "bounce_run"
     assert [r["step"] for r in map(json.loads, (run / "loss.jsonl").read_text().splitlines())] == [1, 2]

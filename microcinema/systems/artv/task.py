@@ -144,9 +144,11 @@ def build_cache(config: dict[str, Any], output_dir: str | Path, vae: Any, text_e
                             mixed_precision=mixed_precision)
 
 
-def make_loss(cache: LatentCache, scaling_factor: float, loss: ARTVLoss | None = None, scheduler: Any = None):
+def make_loss(cache: LatentCache, scaling_factor: float, loss: ARTVLoss | None = None, scheduler: Any = None,
+              num_references: int = 2):
     """``loss_fn(model, batch, generator)`` for the trainer (see the module docstring); returns the loss and,
-    with masked diffusion, the mean mask of the batch (``mask_mean``, logged)."""
+    with masked diffusion, the mean mask of the batch (``mask_mean``, logged). ``num_references``: the model's
+    (``ARTVModel.config.num_references``; the paper's 2)."""
     from microcinema.core.diffusion import make_training_scheduler
 
     settings = loss or ARTVLoss()
@@ -163,7 +165,8 @@ def make_loss(cache: LatentCache, scaling_factor: float, loss: ARTVLoss | None =
             noise = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device)
             clip = (mean + batch["latent_std"] * noise) * scaling_factor
         b, device = clip.shape[0], clip.device
-        frames = sample_frames(clip.shape[2], b, generator, anchor_window=settings.anchor_window)
+        frames = sample_frames(clip.shape[2], b, generator, num_references=num_references,
+                               anchor_window=settings.anchor_window)
         z0 = gather_frames(clip, frames.current)
         # the conditions are posterior means: at inference they are encoded or generated latents
         refs = gather_frames(mean * scaling_factor, frames.refs)
@@ -204,9 +207,10 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
     vae = load_vae(components["vae"])
     cache, local = build_cache(config, output_dir, vae, components["text_encoder"],
                                mixed_precision=train_settings.mixed_precision)
-    torch.manual_seed(train_settings.seed)  # the randomly initialised new parts: the same for the same config
-    model = build_model(config)
-    loss_fn = make_loss(cache, vae.config.scaling_factor, settings, scheduler)
+    with torch.random.fork_rng():  # the new parts' random initialisation: the same for the same config
+        torch.manual_seed(train_settings.seed)
+        model = build_model(config)
+    loss_fn = make_loss(cache, vae.config.scaling_factor, settings, scheduler, num_references=model.config.num_references)
     groups = model.parameter_groups(train_settings.learning_rate, settings.pretrained_lr_scale)
     trainer = Trainer(model, cache, loss_fn, train_settings, param_groups=groups, local_data=local)
     result = trainer.train()

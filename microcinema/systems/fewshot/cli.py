@@ -108,8 +108,10 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--fps", type=_number("--fps", "a positive number", lambda v: v > 0), default=2.0,
                        help="frames per second sampled from the start of each clip (default 2)")
     train.add_argument("--size", type=_size, default=None, help="N or HxW pixels (default: the base's size)")
-    train.add_argument("--noise", choices=list(NOISE_KINDS), default="autoregressive",
-                       help="structured noise prior for training and sampling (default autoregressive, section 3.3)")
+    train.add_argument("--noise", choices=list(NOISE_KINDS), default="independent",
+                       help="noise prior for training and sampling: independent (default), or the structured priors of "
+                            "section 3.3, shared (LAMP) or autoregressive (the paper's proposal; its section 4.3 "
+                            "finds no clear winner)")
     train.add_argument("--noise-alpha", type=_number("--noise-alpha", "a number from 0 to 1", lambda v: 0 <= v <= 1),
                        default=DEFAULT_ALPHA, help=f"the prior's correlation parameter (default {DEFAULT_ALPHA})")
     train.add_argument("--lr", type=_number("--lr", "a positive number", lambda v: v > 0), default=3e-5,

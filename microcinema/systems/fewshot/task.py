@@ -15,8 +15,9 @@
 5. writes the adapter (the trained parameters only, EMA weights when EMA is on) and ``loss.png``.
 
 The defaults are the paper's (section 4.1): learning rate 3e-5 with linear decay after a warm-up of a tenth of the
-steps (1600 of 16000), batch 1, no EMA; the paper's structured noise is the auto-regressive prior (alpha 0.2, the
-value section 4.3 names). The run folder (``<adapter stem>_run/`` beside the adapter by default) keeps the
+steps (1600 of 16000), batch 1, no EMA; independent noise (standard diffusion training). The structured priors of section 3.3
+(shared as LAMP, auto-regressive as the paper proposes) are options; the paper's section 4.3 compares them
+for sampling and reaches no conclusion, so none is the default. The run folder (``<adapter stem>_run/`` beside the adapter by default) keeps the
 checkpoints, the loss log and ``fewshot.json`` (the settings): the same ``--out`` again resumes; a run folder or
 adapter made with other settings is never overwritten without ``overwrite=True``.
 
@@ -64,7 +65,7 @@ class FewShotSettings:
     fps: float = 2.0
     height: int | None = None
     width: int | None = None
-    noise: str = "autoregressive"
+    noise: str = "independent"
     noise_alpha: float = DEFAULT_ALPHA
     learning_rate: float = 3e-5
     lr_schedule: str = "linear"
