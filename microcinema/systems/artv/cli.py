@@ -28,7 +28,7 @@ examples:
   microcinema artv "a digit 3 moving left" --frames-per-prompt 32 --keyframe 31=end.png --out v.mp4
       frame 31 is end.png; the frames before it are anchored on it (an auto-regressive model cannot see ahead)
 
-How it works (../shared/papers/artv-paper.txt): each frame is sampled from the two frames before it, an
+How it works (ART-V, Weng et al. 2023): each frame is sampled from the two frames before it, an
 anchor frame and the text, with DPM++ 2S ancestral and guidance over references, anchor and text (0.25 /
 0.25 / 6.5 by default). Without --image, frame 0 comes from the model itself (text-only mode) or from
 --key-frame-model. The anchor of each prompt after the first is the previous prompt's last frame
