@@ -51,7 +51,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
+def positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``; errors say ``{name} must be an integer >= {minimum}``.
+    Shared by the systems' subcommands (``microcinema fewshot``, ``microcinema artv``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -64,7 +66,7 @@ def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
-def _float_arg(name: str, allowed: str, is_allowed: Callable[[float], bool]) -> Callable[[str], float]:
+def float_arg(name: str, allowed: str, is_allowed: Callable[[float], bool]) -> Callable[[str], float]:
     """argparse type: a number for which ``is_allowed`` holds; errors say ``{name} must be {allowed}``."""
     def parse(text: str) -> float:
         try:
@@ -80,11 +82,11 @@ def _float_arg(name: str, allowed: str, is_allowed: Callable[[float], bool]) -> 
 
 def _fraction(name: str) -> Callable[[str], float]:
     """argparse type: a number from 0 to 1."""
-    return _float_arg(name, "a number from 0 to 1", lambda value: 0 <= value <= 1)
+    return float_arg(name, "a number from 0 to 1", lambda value: 0 <= value <= 1)
 
 
 def _positive_float(name: str) -> Callable[[str], float]:
-    return _float_arg(name, "a positive number", lambda value: value > 0 and value != float("inf"))
+    return float_arg(name, "a positive number", lambda value: value > 0 and value != float("inf"))
 
 
 def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -99,10 +101,10 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
                     "one colour, a plain background, one of seven motions, a varied caption and exact ground truth.",
     )
     synth.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    synth.add_argument("--num", required=True, type=_positive_int("--num"), help="number of clips (>= 1)")
-    synth.add_argument("--frames", type=_positive_int("--frames"), default=33, help="frames per clip (default 33)")
+    synth.add_argument("--num", required=True, type=positive_int("--num"), help="number of clips (>= 1)")
+    synth.add_argument("--frames", type=positive_int("--frames"), default=33, help="frames per clip (default 33)")
     synth.add_argument("--fps", type=_positive_float("--fps"), default=8.0, help="frames per second (default 8)")
-    synth.add_argument("--size", type=_positive_int("--size", 16), default=64,
+    synth.add_argument("--size", type=positive_int("--size", 16), default=64,
                        help="frame width and height in pixels, even, >= 16 (default 64)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same clips (default 0)")
     synth.add_argument("--split", choices=["train", "heldout"], default="train",
@@ -118,8 +120,8 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     grid.add_argument("table", type=Path, help="caption table, or a folder holding captions.jsonl")
     grid.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    grid.add_argument("--num", type=_positive_int("--num"), default=8, help="clips to show (default 8)")
-    grid.add_argument("--frames", type=_positive_int("--frames"), default=9, help="frames per row (default 9)")
+    grid.add_argument("--num", type=positive_int("--num"), default=8, help="clips to show (default 8)")
+    grid.add_argument("--frames", type=positive_int("--frames"), default=9, help="frames per row (default 9)")
     grid.add_argument("--fps", type=_positive_float("--fps"), default=2.0, help="sampling rate of the row (default 2)")
     grid.set_defaults(func=_cmd_data_grid)
 
@@ -174,8 +176,8 @@ def _add_train_command(subparsers: argparse._SubParsersAction) -> None:
                        help="a YAML config, or the name of a shipped one (" + ", ".join(TASKS) + ")")
     train.add_argument("--output-dir", type=Path, default=None, help="run folder (default runs/TASK)")
     train.add_argument("--export", type=Path, default=None, help="also write fp16 weights + training.json here")
-    train.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="override the config")
-    train.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, help="override the config")
+    train.add_argument("--max-steps", type=positive_int("--max-steps"), default=None, help="override the config")
+    train.add_argument("--batch-size", type=positive_int("--batch-size"), default=None, help="override the config")
     train.add_argument("--plot", action="store_true", help="write loss.png (and probe.png, when the config has a probe) in the run folder at the end")
     train.set_defaults(func=_cmd_train)
 
@@ -217,11 +219,11 @@ def _add_image_command(subparsers: argparse._SubParsersAction) -> None:
     image.add_argument("--out", required=True, type=Path, help="PNG file to write")
     image.add_argument("--model", default=None,
                        help="'embedded' (default), a MicroCinema or diffusers pipeline folder, or a hub id")
-    image.add_argument("--steps", type=_positive_int("--steps"), default=25, help="sampling steps (default 25)")
+    image.add_argument("--steps", type=positive_int("--steps"), default=25, help="sampling steps (default 25)")
     image.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     image.add_argument("--guidance-scale", type=float, default=None,
                        help="classifier-free guidance (>= 0; default: the model's own)")
-    image.add_argument("--size", type=_positive_int("--size", 8), default=64,
+    image.add_argument("--size", type=positive_int("--size", 8), default=64,
                        help="output size in pixels (default 64, the embedded models' size)")
     image.set_defaults(func=_cmd_image)
 
@@ -265,7 +267,7 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="video file to write: .mp4 or .gif")
     parser.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
     parser.add_argument("--frames", type=int, default=9, help="base frames at 2 fps, odd, 3-17 (default 9)")
-    parser.add_argument("--steps", type=_positive_int("--steps"), default=25, help="sampling steps per stage (default 25)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=25, help="sampling steps per stage (default 25)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="text guidance (>= 0; default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
@@ -369,13 +371,13 @@ def _add_eval_command(subparsers: argparse._SubParsersAction) -> None:
                     "section 4). Writes metrics.json, report.md and a sample grid to --out.")
     ev.add_argument("--benchmark", required=True, choices=["shapes", "ucf101", "msrvtt", "longvideo"],
                     help="what to measure")
-    ev.add_argument("--num-samples", required=True, type=_positive_int("--num-samples"), help="videos to generate (>= 1)")
+    ev.add_argument("--num-samples", required=True, type=positive_int("--num-samples"), help="videos to generate (>= 1)")
     ev.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     ev.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
-    ev.add_argument("--steps", type=_positive_int("--steps"), default=None,
+    ev.add_argument("--steps", type=positive_int("--steps"), default=None,
                     help="sampling steps (default 25; longvideo: the ART-V model's own)")
     ev.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ev.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8, help="videos per batch (default 8)")
+    ev.add_argument("--batch-size", type=positive_int("--batch-size"), default=8, help="videos per batch (default 8)")
     ev.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
     ev.add_argument("--key-frames", choices=["generate", "truth"], default="generate",
                     help="shapes: key frames from stage one (default) or the rendered ground truth (stage two alone)")

@@ -13,6 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
+from microcinema.cli import positive_int
+
 ARTV_EXAMPLES = """\
 examples:
   microcinema artv "a red circle moving left" "a red circle moving up" "a red circle moving right" --out long.mp4
@@ -38,19 +40,6 @@ tiny model, trained with `microcinema train artv --config artv --export microcin
 """
 
 ANCHOR_MODES = ("segment", "first")  # microcinema.systems.artv.segments.ANCHOR_MODES (a test checks)
-
-
-def _int_arg(name: str, minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _weight(name: str) -> Callable[[str], float]:
@@ -85,7 +74,7 @@ def add_artv_command(subparsers: argparse._SubParsersAction) -> None:
                     "the video follows them in order and is written to --out frame by frame as it is made.")
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="one prompt per segment, in order")
     p.add_argument("--out", required=True, type=Path, help="video file to write: .mp4 (streamed) or .gif")
-    p.add_argument("--frames-per-prompt", nargs="+", type=_int_arg("--frames-per-prompt", 1), default=None,
+    p.add_argument("--frames-per-prompt", nargs="+", type=positive_int("--frames-per-prompt", 1), default=None,
                    metavar="N", help="frames per prompt: one number for all, or one per prompt (default: the "
                                      "model's, 16 as the paper)")
     p.add_argument("--image", type=Path, default=None, help="frame 0: your image (PNG, JPEG, ...), resized and "
@@ -101,7 +90,7 @@ def add_artv_command(subparsers: argparse._SubParsersAction) -> None:
                    help="without --image: frame 0 from a text-to-image model ('embedded', a MicroCinema t2i folder, "
                         "a diffusers folder or hub id) instead of ART-V itself")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--steps", type=_int_arg("--steps", 1), default=None,
+    p.add_argument("--steps", type=positive_int("--steps", 1), default=None,
                    help="sampler steps per frame (default: the model's; the paper's 50)")
     p.add_argument("--guidance-scale", type=_weight("--guidance-scale"), default=None,
                    help="text guidance weight (>= 0; default: the model's, 6.5 as the paper)")
@@ -109,11 +98,11 @@ def add_artv_command(subparsers: argparse._SubParsersAction) -> None:
                    help="previous-frames guidance weight (default: the model's, 0.25)")
     p.add_argument("--anchor-guidance-scale", type=_weight("--anchor-guidance-scale"), default=None,
                    help="anchor guidance weight (default: the model's, 0.25)")
-    p.add_argument("--ref-noise-level", type=_int_arg("--ref-noise-level", 0), default=None,
+    p.add_argument("--ref-noise-level", type=positive_int("--ref-noise-level", 0), default=None,
                    help="noise level of the previous frames and the anchor (default: the model's, 200)")
     p.add_argument("--negative-prompt", default=None, help="what the text guidance steers away from")
-    p.add_argument("--height", type=_int_arg("--height", 1), default=None, help="frame height in pixels")
-    p.add_argument("--width", type=_int_arg("--width", 1), default=None, help="frame width in pixels")
+    p.add_argument("--height", type=positive_int("--height", 1), default=None, help="frame height in pixels")
+    p.add_argument("--width", type=positive_int("--width", 1), default=None, help="frame width in pixels")
     p.add_argument("--fps", type=_weight("--fps"), default=None, help="frame rate of the file (default: the "
                                                                        "model's, 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+
+from microcinema.cli import float_arg, positive_int
 
 # The library's choices, spelled here so that building the parser imports no torch/diffusers (a test checks them
 # against inflation.ATTENTION_KINDS, structured_noise.NOISE_KINDS and DEFAULT_ALPHA).
@@ -35,32 +36,6 @@ examples:
       the same prompts and seeds: motion right, colour/object kept, warping error, motion fidelity
       (metrics.json, report.md, samples.png, samples.gif); --clip ./clip-vit-base-patch32 adds CLIP scores
 """
-
-
-def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _number(name: str, allowed: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {allowed}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"{name} must be {allowed}, got {text}")
-        return value
-
-    return parse
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -102,27 +77,27 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
                             "folder or a MicroCinema text-to-image folder")
     train.add_argument("--attention", choices=list(ATTENTION_KINDS), default="recurrent",
                        help="recurrent causal attention (the paper's, default) or sparse-causal (Tune-A-Video)")
-    train.add_argument("--steps", type=_positive_int("--steps"), default=16000,
+    train.add_argument("--steps", type=positive_int("--steps"), default=16000,
                        help="training steps (default 16000, the paper's; raise it and rerun to continue a run)")
-    train.add_argument("--frames", type=_positive_int("--frames", 2), default=8, help="frames per clip (default 8)")
-    train.add_argument("--fps", type=_number("--fps", "a positive number", lambda v: v > 0), default=2.0,
+    train.add_argument("--frames", type=positive_int("--frames", 2), default=8, help="frames per clip (default 8)")
+    train.add_argument("--fps", type=float_arg("--fps", "a positive number", lambda v: v > 0), default=2.0,
                        help="frames per second sampled from the start of each clip (default 2)")
     train.add_argument("--size", type=_size, default=None, help="N or HxW pixels (default: the base's size)")
     train.add_argument("--noise", choices=list(NOISE_KINDS), default="independent",
                        help="noise prior for training and sampling: independent (default), or the structured priors of "
                             "section 3.3, shared (LAMP) or autoregressive (the paper's proposal; its section 4.3 "
                             "finds no clear winner)")
-    train.add_argument("--noise-alpha", type=_number("--noise-alpha", "a number from 0 to 1", lambda v: 0 <= v <= 1),
+    train.add_argument("--noise-alpha", type=float_arg("--noise-alpha", "a number from 0 to 1", lambda v: 0 <= v <= 1),
                        default=DEFAULT_ALPHA, help=f"the prior's correlation parameter (default {DEFAULT_ALPHA})")
-    train.add_argument("--lr", type=_number("--lr", "a positive number", lambda v: v > 0), default=3e-5,
+    train.add_argument("--lr", type=float_arg("--lr", "a positive number", lambda v: v > 0), default=3e-5,
                        help="learning rate (default 3e-5, linear decay after a warm-up of a tenth of the steps)")
-    train.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1, help="clips per step (default 1)")
+    train.add_argument("--batch-size", type=positive_int("--batch-size"), default=1, help="clips per step (default 1)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--ema", type=_number("--ema", "a number in [0, 1)", lambda v: 0 <= v < 1), default=None,
+    train.add_argument("--ema", type=float_arg("--ema", "a number in [0, 1)", lambda v: 0 <= v < 1), default=None,
                        help="EMA decay of the trained parameters (default: off, as the paper)")
-    train.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=500,
+    train.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=500,
                        help="steps between checkpoints (default 500)")
-    train.add_argument("--log-every", type=_positive_int("--log-every"), default=10,
+    train.add_argument("--log-every", type=positive_int("--log-every"), default=10,
                        help="steps per loss.jsonl line (mean over them; default 10)")
     train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                        help="accelerate's mixed precision on a GPU (default no)")
@@ -144,10 +119,10 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--out", required=True, type=Path, help="video file to write: .mp4 or .gif")
     generate.add_argument("--base", default=None, help="the base model (default: the one the adapter names)")
     generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    generate.add_argument("--steps", type=_positive_int("--steps"), default=50, help="sampling steps (default 50)")
-    generate.add_argument("--frames", type=_positive_int("--frames"), default=None,
+    generate.add_argument("--steps", type=positive_int("--steps"), default=50, help="sampling steps (default 50)")
+    generate.add_argument("--frames", type=positive_int("--frames"), default=None,
                           help="frames to generate (default: the adapter's)")
-    generate.add_argument("--guidance-scale", type=_number("--guidance-scale", "a number >= 0", lambda v: v >= 0),
+    generate.add_argument("--guidance-scale", type=float_arg("--guidance-scale", "a number >= 0", lambda v: v >= 0),
                           default=None, help="classifier-free guidance (default 12.5, the paper's)")
     generate.add_argument("--negative-prompt", default=None, help="the unconditional branch of guidance")
     generate.add_argument("--compare", action="store_true",
@@ -163,11 +138,11 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
 
     data.add_argument("--motion", required=True, choices=list(FEWSHOT_MOTIONS), help="the motion")
     data.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    data.add_argument("--num", type=_positive_int("--num"), default=12, help="clips (default 12)")
-    data.add_argument("--frames", type=_positive_int("--frames"), default=33, help="frames per clip (default 33)")
-    data.add_argument("--fps", type=_number("--fps", "a positive number", lambda v: v > 0), default=8.0,
+    data.add_argument("--num", type=positive_int("--num"), default=12, help="clips (default 12)")
+    data.add_argument("--frames", type=positive_int("--frames"), default=33, help="frames per clip (default 33)")
+    data.add_argument("--fps", type=float_arg("--fps", "a positive number", lambda v: v > 0), default=8.0,
                       help="frames per second (default 8: 4 s clips)")
-    data.add_argument("--size", type=_positive_int("--size", 16), default=64, help="frame size in pixels (default 64)")
+    data.add_argument("--size", type=positive_int("--size", 16), default=64, help="frame size in pixels (default 64)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     data.add_argument("--colours", default=None, help="comma-separated colours to draw from (default all)")
     data.add_argument("--objects", default=None, help="comma-separated objects to draw from (default all)")
@@ -191,21 +166,21 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
                           help="the taught motion (default: the one of the --data table's clips)")
     evaluate.add_argument("--prompts", type=Path, default=None,
                           help="a text file of prompts, one a line, instead of domain prompts (real videos)")
-    evaluate.add_argument("--num-videos", type=_positive_int("--num-videos"), default=30,
+    evaluate.add_argument("--num-videos", type=positive_int("--num-videos"), default=30,
                           help="domain videos (default 30)")
     evaluate.add_argument("--colours", default=None, help="comma-separated colours to evaluate (default: those not "
                                                           "in the tuning clips)")
     evaluate.add_argument("--objects", default=None, help="comma-separated objects to evaluate (default: the shapes "
                                                           "not in the tuning clips)")
     evaluate.add_argument("--base", default=None, help="the base model (default: the one the adapter names)")
-    evaluate.add_argument("--steps", type=_positive_int("--steps"), default=50, help="sampling steps (default 50)")
-    evaluate.add_argument("--guidance-scale", type=_number("--guidance-scale", "a number >= 0", lambda v: v >= 0),
+    evaluate.add_argument("--steps", type=positive_int("--steps"), default=50, help="sampling steps (default 50)")
+    evaluate.add_argument("--guidance-scale", type=float_arg("--guidance-scale", "a number >= 0", lambda v: v >= 0),
                           default=None, help="classifier-free guidance (default the pipeline's, 12.5)")
-    evaluate.add_argument("--frames", type=_positive_int("--frames"), default=None,
+    evaluate.add_argument("--frames", type=positive_int("--frames"), default=None,
                           help="frames per video (default: the adapter's)")
     evaluate.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
     evaluate.add_argument("--clip", type=Path, default=None, help="a CLIP model folder for CLIP score and CLIP-Temp")
-    evaluate.add_argument("--batch-size", type=_positive_int("--batch-size"), default=4,
+    evaluate.add_argument("--batch-size", type=positive_int("--batch-size"), default=4,
                           help="videos per sampling call (default 4)")
     evaluate.add_argument("--no-base", action="store_true", help="skip the untuned base reference")
     evaluate.set_defaults(func=_cmd_evaluate)
