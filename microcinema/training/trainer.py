@@ -365,14 +365,31 @@ def _truncate_log(log_path: Path, step: int) -> None:
     os.replace(tmp, log_path)
 
 
-def plot_loss(log_path: str | os.PathLike, out_png: str | os.PathLike, smoothing: float = 0.9) -> Path:
-    """Plot loss vs step from ``loss.jsonl`` (raw, and smoothed by an EMA with factor ``smoothing``) to a PNG."""
+def _figure(caller: str) -> tuple[Any, Any]:
+    """A 7 x 4 inch matplotlib figure and its axes (matplotlib is an optional dependency: the "metrics" extra)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError as e:  # matplotlib is an optional dependency (the "metrics" extra)
-        raise MicroCinemaError("plot_loss needs matplotlib: pip install matplotlib") from e
+    except ImportError as e:
+        raise MicroCinemaError(f"{caller} needs matplotlib: pip install matplotlib") from e
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
+
+def _save_figure(fig: Any, ax: Any, out_png: str | os.PathLike) -> Path:
+    """Grid, legend and tight layout, then the PNG written to ``out_png`` (its folder made)."""
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def plot_loss(log_path: str | os.PathLike, out_png: str | os.PathLike, smoothing: float = 0.9) -> Path:
+    """Plot loss vs step from ``loss.jsonl`` (raw, and smoothed by an EMA with factor ``smoothing``) to a PNG."""
     records = [r for r in read_loss_log(log_path) if "loss" in r]
     check(bool(records), f"no loss records in {log_path}")
     steps = [r["step"] for r in records]
@@ -381,51 +398,29 @@ def plot_loss(log_path: str | os.PathLike, out_png: str | os.PathLike, smoothing
     for value in losses:
         acc = smoothing * acc + (1 - smoothing) * value
         smooth.append(acc)
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _figure("plot_loss")
     ax.plot(steps, losses, alpha=0.35, label="loss")
     ax.plot(steps, smooth, label=f"smoothed ({smoothing})")
     if min(losses) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _save_figure(fig, ax, out_png)
 
 
 def plot_probe(probe_path: str | os.PathLike, out_png: str | os.PathLike) -> Path:
     """Plot every number a probe logged (``probe.jsonl``) against the step, one line each, to a PNG."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise MicroCinemaError("plot_probe needs matplotlib: pip install matplotlib") from e
-
     records = read_loss_log(probe_path)
     check(bool(records), f"no probe records in {probe_path}")
     names = [k for k in records[-1] if k not in ("step", "probe_seconds")
              and isinstance(records[-1][k], (int, float))]
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _figure("plot_probe")
     for name in names:
         points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("probe")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return _save_figure(fig, ax, out_png)
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -724,25 +719,33 @@ class Trainer:
         acc.wait_for_everyone()
         return None if ckpt is None else step
 
+    @contextlib.contextmanager
+    def _ema_weights(self) -> Iterator[None]:
+        """The EMA weights (if any) in the trainable parameters for the block; the raw weights restored after."""
+        backup = [p.detach().clone() for p in self.trainable_params]
+        if self.ema is not None:
+            self.ema.copy_to(self.trainable_params)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.trainable_params, backup):
+                    p.copy_(b)
+
     def _run_probe(self) -> None:
         """Call the probe on the EMA weights (main process), append its record to ``probe.jsonl``, restore."""
         acc = self.accelerator
         if acc.is_main_process:
             model = self.unwrapped_model
-            backup = [p.detach().clone() for p in self.trainable_params]
             was_training = model.training
-            if self.ema is not None:
-                self.ema.copy_to(self.trainable_params)
             started = time.time()
-            try:
-                model.eval()
-                with torch.no_grad():
-                    values = self.probe(model, self.global_step)
-            finally:
-                with torch.no_grad():
-                    for p, b in zip(self.trainable_params, backup):
-                        p.copy_(b)
-                model.train(was_training)
+            with self._ema_weights():
+                try:
+                    model.eval()
+                    with torch.no_grad():
+                        values = self.probe(model, self.global_step)
+                finally:
+                    model.train(was_training)
             record = {"step": self.global_step, **values, "probe_seconds": round(time.time() - started, 1)}
             with open(self.probe_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -757,10 +760,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return final
         model = self.unwrapped_model
-        backup = [p.detach().clone() for p in self.trainable_params]
-        if self.ema is not None:
-            self.ema.copy_to(self.trainable_params)
-        try:
+        with self._ema_weights():
             if tmp.exists():
                 shutil.rmtree(tmp)
             if hasattr(model, "save_pretrained"):
@@ -768,10 +768,6 @@ class Trainer:
             else:
                 tmp.mkdir(parents=True)
                 save_model(model, str(tmp / "model.safetensors"))
-        finally:
-            with torch.no_grad():
-                for p, b in zip(self.trainable_params, backup):
-                    p.copy_(b)
         if final.exists():
             _remove_dir(final)
         os.replace(tmp, final)
