@@ -53,7 +53,8 @@ from microcinema.models.appearnet import (INJECTION_MODES, AppearanceInjection, 
                                           mask_to_bias, per_frame)
 from microcinema.models.extensions import AppearanceAttention, FrameTextModulation, FrameTextShift
 from microcinema.models.layers import frame_position_encoding, gcd_groups, zero_module
-from microcinema.core.errors import MicroCinemaError, check
+from microcinema.models.unet2d import clean_config, load_image_unet
+from microcinema.core.errors import check
 
 
 
@@ -147,10 +148,6 @@ def _key(path: str) -> str:
     return path.replace(".", "_")
 
 
-def _clean_unet_config(config: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
-
-
 class VideoUNet(ModelMixin, ConfigMixin):
     """The MicroCinema 3D U-Net: an inflated ``UNet2DConditionModel`` with AppearNet (sections 3.1-3.2).
 
@@ -205,8 +202,8 @@ class VideoUNet(ModelMixin, ConfigMixin):
         )
         check(unet is not None or unet_config is not None, "VideoUNet needs unet_config or a unet")
         if unet is None:
-            unet = UNet2DConditionModel.from_config(_clean_unet_config(unet_config))
-        self.register_to_config(unet_config=_clean_unet_config(unet.config))
+            unet = UNet2DConditionModel.from_config(clean_config(unet_config))
+        self.register_to_config(unet_config=clean_config(unet.config))
         _check_supported(unet)
         self.unet = unet
         self.gradient_checkpointing = False
@@ -342,9 +339,10 @@ class VideoUNet(ModelMixin, ConfigMixin):
         unet_kwargs: dict[str, Any] | None = None,
         **video_config: Any,
     ) -> "VideoUNet":
-        """Inflate a 2D U-Net: a diffusers U-Net folder or hub id, a pipeline folder (its ``unet/`` subfolder
-        is used when present), or a ``UNet2DConditionModel`` instance (which becomes ``model.unet``, not
-        copied). Temporal layers and injections start at zero, AppearNet as a copy of the U-Net's encoder.
+        """Inflate a 2D U-Net: ``"embedded"``, a diffusers U-Net folder or hub id, a pipeline folder (its ``unet/``
+        subfolder is used when present; :func:`~microcinema.models.unet2d.load_image_unet`), or a
+        ``UNet2DConditionModel`` instance (which becomes ``model.unet``, not copied). Temporal layers and
+        injections start at zero, AppearNet as a copy of the U-Net's encoder.
 
         ``unet_kwargs`` go to ``UNet2DConditionModel.from_pretrained`` (e.g. ``torch_dtype``, ``revision``);
         ``video_config`` are :class:`VideoUNet` config keys (``injection``, ``condition_channels``, ...).
@@ -352,19 +350,7 @@ class VideoUNet(ModelMixin, ConfigMixin):
         allowed = sorted(cls._get_init_keys(cls) - {"self", "unet", "unet_config"})
         unknown = sorted(set(video_config) - set(allowed))
         check(not unknown, f"unknown VideoUNet option(s) {unknown}; allowed: {', '.join(allowed)}")
-        if isinstance(pretrained, UNet2DConditionModel):
-            unet = pretrained
-        else:
-            if subfolder is None and (Path(pretrained) / "unet" / "config.json").is_file():
-                subfolder = "unet"
-            try:
-                unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder=subfolder, **(unet_kwargs or {}))
-            except OSError as e:
-                raise MicroCinemaError(
-                    f"cannot load a 2D U-Net from {str(pretrained)!r}: {str(e).splitlines()[0]} "
-                    "(expected a diffusers U-Net folder, a pipeline folder with unet/, or a hub id)"
-                ) from e
-        return cls(unet=unet, **video_config)
+        return cls(unet=load_image_unet(pretrained, subfolder, **(unet_kwargs or {})), **video_config)
 
     # ------------------------------------------------------------------ forward
 

@@ -45,8 +45,9 @@ from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
 from microcinema.core.diffusion import alphas_cumprod_of
-from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.errors import check
 from microcinema.models.layers import zero_module
+from microcinema.models.unet2d import clean_config, load_image_unet
 from microcinema.systems.artv.masked_diffusion import (alphas_cumprod_at, combine, default_mask_channels,
                                                        make_mask_unet, predict_mask, static_noise)
 from microcinema.systems.artv.noise_augmentation import augment, check_levels
@@ -83,10 +84,6 @@ class AnchorTokens(nn.Module):
         return (x + pos).flatten(2).transpose(1, 2)
 
 
-def _clean_config(config: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
-
-
 def add_level_embedding(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """Give ``unet`` (in place) the noise-level embedding of section 3.3: ``class_embed_type="timestep"`` (the
     level goes through the U-Net's sinusoidal ``time_proj`` and a ``TimestepEmbedding`` whose sum with the
@@ -104,20 +101,6 @@ def add_level_embedding(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     unet.class_embedding = embedding.to(device=unet.device, dtype=unet.dtype)
     unet.register_to_config(class_embed_type="timestep")
     return unet
-
-
-def load_image_unet(source: str | Path | UNet2DConditionModel, subfolder: str | None = None,
-                    **kwargs: Any) -> UNet2DConditionModel:
-    """A ``UNet2DConditionModel``: an instance, a U-Net folder, or a pipeline folder (its ``unet/``)."""
-    if isinstance(source, UNet2DConditionModel):
-        return source
-    if subfolder is None and (Path(source) / "unet" / "config.json").is_file():
-        subfolder = "unet"
-    try:
-        return UNet2DConditionModel.from_pretrained(source, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError) as error:
-        raise MicroCinemaError(f"cannot load an image U-Net from {str(source)!r}: {str(error).splitlines()[0]} "
-                               "(expected a UNet2DConditionModel folder or a pipeline folder with unet/)") from None
 
 
 def _check_unet(unet: UNet2DConditionModel) -> None:
@@ -173,11 +156,11 @@ class ARTVModel(ModelMixin, ConfigMixin):
         check(isinstance(anchor_patch_size, int) and anchor_patch_size >= 1,
               f"anchor_patch_size must be an integer >= 1, got {anchor_patch_size!r}")
         if unet is None:
-            unet = UNet2DConditionModel.from_config(_clean_config(unet_config))
+            unet = UNet2DConditionModel.from_config(clean_config(unet_config))
         _check_unet(unet)
         add_level_embedding(unet)
         self.unet = unet
-        self.register_to_config(unet_config=_clean_config(unet.config))
+        self.register_to_config(unet_config=clean_config(unet.config))
         config = unet.config
         latent = int(config.in_channels)
         channels = list(config.block_out_channels)
@@ -203,8 +186,8 @@ class ARTVModel(ModelMixin, ConfigMixin):
     @classmethod
     def from_unet(cls, unet: str | Path | UNet2DConditionModel, subfolder: str | None = None,
                   unet_kwargs: dict[str, Any] | None = None, **options: Any) -> "ARTVModel":
-        """ART-V from an image U-Net: an instance (it becomes ``model.unet``, converted in place), a U-Net
-        folder or a pipeline folder (its ``unet/``). ``options`` are config keys (``masked_diffusion``,
+        """ART-V from an image U-Net: an instance (it becomes ``model.unet``, converted in place), ``"embedded"``,
+        a U-Net folder or a pipeline folder (its ``unet/``; :func:`~microcinema.models.unet2d.load_image_unet`). ``options`` are config keys (``masked_diffusion``,
         ``anchor_patch_size``, ...); ``unet_kwargs`` go to ``UNet2DConditionModel.from_pretrained``. The new
         parts start at zero: at init the model is the image U-Net (see the module docstring)."""
         allowed = sorted(cls._get_init_keys(cls) - {"self", "unet", "unet_config"})

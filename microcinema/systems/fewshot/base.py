@@ -27,6 +27,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from microcinema.core.errors import MicroCinemaError, check
 from microcinema.core.text_encoders import TextEncoder
+from microcinema.models.unet2d import clean_config
 
 EMBEDDED = "embedded"
 
@@ -63,15 +64,11 @@ class FewShotBase:
         return self.scheduler_config.get("prediction_type") or "epsilon"
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
-
-
 def base_fingerprint(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: TextEncoder) -> str:
     """16 hex digits identifying a base model (see the module docstring)."""
     h = hashlib.sha256()
-    h.update(json.dumps(_config_dict(unet.config), sort_keys=True, default=str).encode())
-    h.update(json.dumps(_config_dict(vae.config), sort_keys=True, default=str).encode())
+    h.update(json.dumps(clean_config(unet.config), sort_keys=True, default=str).encode())
+    h.update(json.dumps(clean_config(vae.config), sort_keys=True, default=str).encode())
     h.update(f"{type(text_encoder.model).__name__}:{text_encoder.hidden_size}".encode())
     params = dict(unet.named_parameters())
     for name in _FINGERPRINT_TENSORS:

@@ -71,7 +71,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import Tensor, nn
 
-from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.errors import check
+from microcinema.models.unet2d import clean_config, load_image_unet
 from microcinema.models.unet3d import TemporalAttention, VideoUNetOutput
 
 #: The spatio-temporal attentions that replace the spatial self-attention (section 3.2).
@@ -250,10 +251,6 @@ class _TemporalAfterTransformer:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _clean_unet_config(config: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
-
-
 def _check_attention(attention: str) -> None:
     check(attention in ATTENTION_KINDS, f"unknown attention {attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
 
@@ -283,10 +280,10 @@ class FewShotVideoUNet(ModelMixin, ConfigMixin):
               f"unknown memory nonlinearity {memory_nonlinearity!r}; allowed: {', '.join(MEMORY_NONLINEARITIES)}")
         check(unet is not None or unet_config is not None, "FewShotVideoUNet needs unet_config or a unet")
         if unet is None:
-            unet = UNet2DConditionModel.from_config(_clean_unet_config(unet_config))
+            unet = UNet2DConditionModel.from_config(clean_config(unet_config))
         check(isinstance(unet, UNet2DConditionModel),
               f"can only inflate a diffusers UNet2DConditionModel, got {type(unet).__name__}")
-        self.register_to_config(unet_config=_clean_unet_config(unet.config))
+        self.register_to_config(unet_config=clean_config(unet.config))
         self.unet = unet
         self.memories = nn.ModuleDict()
         self.temporal_attentions = nn.ModuleDict()
@@ -410,24 +407,15 @@ class FewShotVideoUNet(ModelMixin, ConfigMixin):
 def inflate_unet(unet: UNet2DConditionModel | str | Path, attention: str = "recurrent", *,
                  memory_nonlinearity: str = "tanh", subfolder: str | None = None,
                  unet_kwargs: dict[str, Any] | None = None) -> FewShotVideoUNet:
-    """Inflate a 2D U-Net (an instance, which becomes ``model.unet`` and is modified, not copied; or a diffusers
-    U-Net folder / pipeline folder with ``unet/`` / hub id) into a :class:`FewShotVideoUNet`.
+    """Inflate a 2D U-Net (an instance, which becomes ``model.unet`` and is modified, not copied; or what
+    :func:`~microcinema.models.unet2d.load_image_unet` loads: ``"embedded"``, a diffusers U-Net folder, a pipeline
+    folder with ``unet/``, a hub id) into a :class:`FewShotVideoUNet`.
 
     The 2D weights are kept (names unchanged under ``model.unet``); the new layers start so that a one-frame
     video gives exactly the image model's output (section 3.2 and the module docstring).
     """
     _check_attention(attention)
-    if not isinstance(unet, UNet2DConditionModel):
-        check(isinstance(unet, (str, Path)),
-              f"can only inflate a UNet2DConditionModel or a path, got {type(unet).__name__}")
-        if subfolder is None and (Path(unet) / "unet" / "config.json").is_file():
-            subfolder = "unet"
-        try:
-            unet = UNet2DConditionModel.from_pretrained(unet, subfolder=subfolder, **(unet_kwargs or {}))
-        except OSError as e:
-            raise MicroCinemaError(
-                f"cannot load a 2D U-Net from {str(unet)!r}: {str(e).splitlines()[0]} "
-                "(expected a diffusers U-Net folder, a pipeline folder with unet/, or a hub id)") from e
+    unet = load_image_unet(unet, subfolder, **(unet_kwargs or {}))
     return FewShotVideoUNet(attention=attention, memory_nonlinearity=memory_nonlinearity, unet=unet)
 
 
