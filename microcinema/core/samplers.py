@@ -51,6 +51,7 @@ __all__ = [
     "sample_euler",
     "sample_ddim",
     "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_2m",
     "get_ancestral_step",
     "sample",
     "sample_with_scheduler",
@@ -292,6 +293,51 @@ def sample_dpmpp_2s_ancestral(
     return x
 
 
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    disable_progress: bool = False,
+    step_end: Callable[[int, Tensor], Tensor | None] | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2: the second-order multistep solver with data
+    prediction, in the form of k-diffusion's ``sample_dpmpp_2m`` = diffusers' ``DPMSolverMultistepScheduler``
+    with ``algorithm_type="dpmsolver++"``, ``solver_order=2``).
+
+    With ``lambda = -log sigma`` and ``h = lambda(sigma_next) - lambda(sigma)``, each step is the exponential
+    integrator ``x = (sigma_next / sigma) x - expm1(-h) D'``, where ``D' = D(x, sigma)`` on the first step
+    (first order, DDIM) and on a step to sigma = 0 (where it is ``x = D``), and otherwise the linear
+    extrapolation ``D' = (1 + 1 / (2 r)) D - 1 / (2 r) D_prev`` of the last two denoised estimates, with
+    ``r = h_prev / h``. One denoiser call per step: the cost of DDIM/Euler, with second-order accuracy.
+    Deterministic (``generator`` is accepted for a uniform signature). ``step_end(i, x)`` may replace ``x``
+    after a step (the history of denoised estimates is kept, as diffusers' callbacks do)."""
+    del generator
+    s = _steps(sigmas)
+    old_denoised: Tensor | None = None
+    for i in trange(len(s) - 1, disable=disable_progress, desc="dpm++2m", leave=False):
+        denoised = denoiser(x, s[i])
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": s[i], "sigma_hat": s[i], "denoised": denoised})
+        if s[i + 1] == 0:
+            x = denoised  # the exponential integrator's limit sigma_next -> 0
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            if old_denoised is None:
+                estimate = denoised
+            else:
+                r = (math.log(s[i - 1]) - math.log(s[i])) / h
+                estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (s[i + 1] / s[i]) * x - math.expm1(-h) * estimate
+        old_denoised = denoised
+        if step_end is not None:
+            x = _replaced(x, step_end(i, x))
+    return x
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler: its function, its default sigma schedule, and whether it draws noise."""
@@ -312,6 +358,9 @@ SAMPLERS: Mapping[str, SamplerSpec] = MappingProxyType(
         ),
         "dpmpp_2s_ancestral": SamplerSpec(
             sample_dpmpp_2s_ancestral, "sgm", True, "DPM++ 2S ancestral on sgm's DDPM sigmas (ART-V's sampler)"
+        ),
+        "dpmpp_2m": SamplerSpec(
+            sample_dpmpp_2m, "karras", False, "DPM-Solver++(2M) multistep on the Karras/EDM rho=7 sigmas (Lu et al. 2022)"
         ),
     }
 )
