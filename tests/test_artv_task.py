@@ -136,6 +136,7 @@ def test_training_runs_exports_and_resumes(tmp_path, capsys):
     tiny_unet2d(cross_attention_dim=384, sample_size=8).save_pretrained(tmp_path / "t2i")
     config = load_config("artv")
     config.pop("_path")
+    config.pop("probe")  # the probe has its own test (test_artv_probe.py)
     config.update(vae=str(tmp_path / "vae"), init_from=str(tmp_path / "t2i"),
                   model={"mask_block_out_channels": [8, 8], "mask_layers_per_block": 1})
     config["data"] = {**config["data"], "num": 4, "num_frames": 6, "size": 32}

@@ -15,9 +15,12 @@ already moves its new way), and stays inside the frame.
 A generator is any callable ``make_video(segments, seed) -> uint8 (F, H, W, 3)`` with ``F`` the segments'
 frame count; a pipeline needs only each segment's ``caption`` (its prompt) and ``num_frames``
 (:func:`render_truth` is the ground truth itself; :func:`drifting` wraps a generator with a frame
-transform such as :func:`fade_colours` or :func:`remove_object`, sanity checks that the measures see drift).
+transform such as :func:`fade_colours` or :func:`remove_object`, sanity checks that the measures see drift;
+:func:`artv_video_fn` is an ART-V pipeline's, frame 0 optionally the ground truth's).
 :func:`run_longvideo` makes the videos, measures them (:mod:`microcinema.eval.drift`) and writes
-``metrics.json``, ``report.md``, ``curves.png`` and ``grid.png``.
+``metrics.json``, ``report.md``, ``curves.png`` and ``grid.png``; :func:`main_rates` picks its headline
+numbers, which :func:`make_probe` (the training probe of ``microcinema train artv``) returns for short
+sequences.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 
 from microcinema.core.errors import check
 from microcinema.data import synthetic
-from microcinema.data.synthetic import ClipSpec, make_caption, render_clip, sample_clip
+from microcinema.data.synthetic import ClipSpec, make_caption, render_clip, render_frame, sample_clip
 from microcinema.eval.drift import (START_END_FRACTION, DriftReport, ImageFeatureModel, check_frames, measure_drift,
                                     plot_drift, video_drift)
 
@@ -154,6 +157,42 @@ def render_truth(segments: Sequence[ClipSpec], seed: int = 0) -> np.ndarray:
     return np.concatenate([render_clip(s) for s in segments])
 
 
+def truth_first_frame(segments: Sequence[ClipSpec]) -> np.ndarray:
+    """Frame 0 of a sequence's ground truth, uint8 ``(H, W, 3)`` (the image-mode start of :func:`artv_video_fn`)."""
+    return render_frame(segments[0], 0)
+
+
+#: ``first_frame=`` choices of :func:`artv_video_fn`.
+FIRST_FRAME_MODES: tuple[str, ...] = ("truth", "model")
+
+
+def artv_video_fn(pipe: Any, *, first_frame: str = "truth", num_inference_steps: int | None = None,
+                  **stream_kwargs: Any) -> Generator:
+    """``make_video(segments, seed)`` of an ART-V pipeline
+    (:class:`~microcinema.systems.artv.pipeline.ARTVPipeline`, or anything with its ``stream``): the segments'
+    captions and frame counts as the prompt list, ``torch.Generator().manual_seed(seed)``, frames at the
+    segments' size. ``first_frame="truth"``: image mode with the ground truth's frame 0
+    (:func:`truth_first_frame`), so the video measures the auto-regressive model alone; ``"model"``: frame 0
+    from the pipeline itself (its key-frame model, or text-only mode). ``stream_kwargs`` go to ``stream``
+    (``ref_noise_level``, ``mask_callback``, guidance weights, ...)."""
+    import torch
+
+    check(first_frame in FIRST_FRAME_MODES,
+          f"first_frame must be one of {', '.join(FIRST_FRAME_MODES)}, got {first_frame!r}")
+
+    def make_video(segments: Sequence[ClipSpec], seed: int) -> np.ndarray:
+        image = truth_first_frame(segments) if first_frame == "truth" else None
+        total = sum(s.num_frames for s in segments)
+        frames = pipe.stream([(s.caption, s.num_frames) for s in segments], image=image,
+                             height=segments[0].size, width=segments[0].size,
+                             num_inference_steps=num_inference_steps, output_type="uint8",
+                             generator=torch.Generator().manual_seed(int(seed)), progress=False,
+                             **{"decode_chunk_size": total, **stream_kwargs})
+        return np.stack(list(frames))
+
+    return make_video
+
+
 def fade_colours(frames: np.ndarray, strength: float = 1.0, towards: Sequence[float] = (128, 128, 128)) -> np.ndarray:
     """Blend frame ``t`` of ``F`` towards the colour ``towards`` by ``a_t = strength * t / (F - 1)`` (a colour
     drift that grows linearly; frame 0 unchanged)."""
@@ -234,6 +273,68 @@ def summarise(reports: Sequence[DriftReport], truth_contrasts: Sequence[dict[str
     if any("subject_consistency" in r.generic for r in reports):
         out["subject_consistency"] = _rate([r.generic.get("subject_consistency") for r in reports])
     return out
+
+
+#: The headline numbers of a :func:`summarise` dict (:func:`main_rates`): name -> (path in the summary, what).
+MAIN_RATES: dict[str, tuple[tuple[str, ...], str]] = {
+    "motion_right_per_segment": (("motion_right_per_segment",), "fraction of segments judged moving as prompted"),
+    "colour_kept_every_frame": (("colour_kept_every_frame",), "fraction of videos keeping the colour in every frame"),
+    "object_kept_every_frame": (("object_kept_every_frame",), "fraction of videos keeping the object in every frame"),
+    "background_kept_every_frame": (("background_kept_every_frame",),
+                                    "fraction of videos keeping the background in every frame"),
+    "colour_start_end_contrast": (("start_end_contrast", "object_colour_distance", "mean_abs"),
+                                  "mean |start-end contrast| of the object's colour distance to frame 0 (Delta E)"),
+    "background_start_end_contrast": (("start_end_contrast", "background_distance", "mean_abs"),
+                                      "mean |start-end contrast| of the background's distance to frame 0 (Delta E)"),
+}
+
+
+def main_rates(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The :data:`MAIN_RATES` of a :func:`summarise` dict (None where nothing was measured)."""
+    out: dict[str, float | None] = {}
+    for name, (path, _) in MAIN_RATES.items():
+        value: Any = summary
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        out[name] = None if value is None else float(value)
+    return out
+
+
+def make_probe(vae: Any, text_encoder: Any = "minilm", scheduler: Any = None, *, num_sequences: int = 8,
+               frames_per_segment: int = 8, num_segments: int = 2, steps: int = 10, fps: float = 8.0,
+               size: int = 64, prompt_seed: int = 555, seed: int = 0, heldout_fraction: float = 0.25,
+               **pipeline_settings: Any) -> Callable[[Any, int], dict[str, float | None]]:
+    """``probe(model, step) -> {name: number}`` (:func:`main_rates`) for
+    :class:`~microcinema.training.trainer.Trainer`: the ART-V ``model`` being trained (its EMA weights) in an
+    :class:`~microcinema.systems.artv.pipeline.ARTVPipeline` with ``vae``, ``text_encoder`` (a name for
+    :func:`~microcinema.core.text_encoders.load_text_encoder`, or a loaded encoder) and ``scheduler`` (the
+    training schedule; None: SD's) makes ``num_sequences`` videos of :func:`benchmark_sequences` (prompt seed
+    ``prompt_seed``, apart from the benchmark's 999; ``num_segments`` x ``frames_per_segment`` frames at
+    ``fps``, ``size`` pixels), frame 0 the ground truth's (:func:`artv_video_fn`), ``steps`` sampler steps
+    per frame and the pipeline's other settings (the paper's, or ``pipeline_settings``), noise from a
+    generator seeded ``seed`` per video: the same videos for the same weights, whatever torch's global RNG
+    holds, which the probe does not touch."""
+    from microcinema.core.text_encoders import load_text_encoder
+    from microcinema.eval.judge import default_object_classifier
+    from microcinema.systems.artv.pipeline import ARTVPipeline
+
+    sequences = benchmark_sequences(num_sequences, heldout_fraction=heldout_fraction, seed=prompt_seed,
+                                    frames_per_segment=frames_per_segment, num_segments=num_segments, fps=fps,
+                                    size=size)
+    encoder = load_text_encoder(text_encoder) if isinstance(text_encoder, (str, Path)) else text_encoder
+    classifier = default_object_classifier()
+
+    def probe(model: Any, step: int) -> dict[str, float | None]:
+        vae.to(next(model.parameters()).device)  # the pipeline runs where the model is
+        pipe = ARTVPipeline(model, vae, encoder, scheduler=scheduler, num_inference_steps=steps, fps=fps,
+                            **pipeline_settings)
+        pipe.set_progress_bar_config(disable=True)
+        make_video = artv_video_fn(pipe, first_frame="truth")
+        reports = [measure_drift(make_video(segments, seed), segments, classifier=classifier)
+                   for segments in sequences]
+        return main_rates(summarise(reports))
+
+    return probe
 
 
 def run_longvideo(make_video: Generator, out: str | Path, *, num_sequences: int = 50, label: str = "truth",

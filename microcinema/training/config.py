@@ -28,7 +28,7 @@ from microcinema.data.video_dataset import SAMPLE_MODES, TOO_SHORT_MODES
 __all__ = [
     "ProceduralData", "CaptionsData", "WebDatasetData", "DataConfig", "DATA_TYPES", "T2ILoss", "VideoLoss",
     "Phase", "DiffusionTaskConfig", "parse_section", "parse_data", "check_keys", "check_model_section",
-    "parse_diffusion_config",
+    "parse_diffusion_config", "ARTVProbe",
 ]
 
 
@@ -292,6 +292,35 @@ class KeyFrameProbe:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
 
 
+@dataclass
+class ARTVProbe:
+    """``probe:`` of an ART-V config on procedural data: every ``every`` steps the EMA weights make
+    ``num_sequences`` short multi-prompt videos (``num_segments`` x ``frames_per_segment`` frames, sequences of
+    :func:`~microcinema.eval.longvideo.benchmark_sequences` from prompt seed ``prompt_seed``, apart from the
+    benchmark's 999), frame 0 the rendered ground truth's (image mode: the probe measures ART-V, not a key-frame
+    model), ``steps`` sampler steps per frame, noise from its own generator seeded ``seed``; judged from pixels
+    for drift (:func:`microcinema.eval.longvideo.make_probe`)."""
+
+    every: int
+    num_sequences: int = 8
+    frames_per_segment: int = 8
+    num_segments: int = 2
+    steps: int = 10
+    prompt_seed: int = 555
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("every", "steps", "num_sequences", "num_segments"):
+            if not _is_step(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not _is_step(self.frames_per_segment) or self.frames_per_segment < 2:
+            raise ValueError(f"frames_per_segment must be an integer >= 2 (a motion needs two frames), "
+                             f"got {self.frames_per_segment!r}")
+        for name in ("prompt_seed", "seed"):
+            if not _is_step(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+
+
 # --------------------------------------------------------------------------------------------- whole config
 
 
@@ -330,7 +359,7 @@ class DiffusionTaskConfig:
     init_from: str | None = None
     phases: list = field(default_factory=list)
     path: str | None = None
-    probe: KeyFrameProbe | None = None
+    probe: KeyFrameProbe | ARTVProbe | None = None
 
 
 TOP_LEVEL = {"t2i": ("vae", "text_encoder", "model", "loss", "data", "train", "probe"),

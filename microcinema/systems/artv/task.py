@@ -16,6 +16,12 @@ jointly through it. The target is always the noise (Table 5: eps-pred); a v-pred
 to it. Draws per step, from the trainer's generator: frames (current, then anchor), levels, reference noise,
 anchor noise, the dropout masks, then the loss's noise and timesteps. EMA, checkpoints and exact resume are
 the trainer's. ``export`` writes the final EMA weights as fp16 safetensors with ``training.json``.
+
+An optional ``probe:`` section (:class:`~microcinema.training.config.ARTVProbe`, procedural data only) makes
+short multi-prompt videos with the EMA weights every ``probe.every`` steps, frame 0 the ground truth's, and
+logs the long-video benchmark's headline rates to ``probe.jsonl``
+(:func:`microcinema.eval.longvideo.make_probe`); it draws from its own generator, so a probed run trains
+exactly as an unprobed one.
 """
 
 from __future__ import annotations
@@ -41,14 +47,14 @@ from microcinema.systems.artv.noise_augmentation import MAX_TRAIN_LEVEL, sample_
 from microcinema.training.common import (build_task_cache, embedded_path, export_fp16, is_pipeline_folder, load_vae,
                                          provenance, resolve_components, train_config, training_scheduler,
                                          write_components)
-from microcinema.training.config import (DiffusionTaskConfig, ProceduralData, check_keys, check_model_section,
-                                         parse_data, parse_section)
+from microcinema.training.config import (ARTVProbe, DiffusionTaskConfig, ProceduralData, check_keys,
+                                         check_model_section, parse_data, parse_section)
 from microcinema.training.tasks.t2i import text_conditioning
 from microcinema.training.trainer import Trainer
 
 __all__ = ["ARTVLoss", "parse_artv_config", "build_model", "build_cache", "make_loss", "train"]
 
-TOP_LEVEL = ("init_from", "vae", "text_encoder", "model", "loss", "data", "train")
+TOP_LEVEL = ("init_from", "vae", "text_encoder", "model", "loss", "data", "train", "probe")
 
 
 @dataclass
@@ -97,6 +103,14 @@ def parse_artv_config(config: dict[str, Any]) -> DiffusionTaskConfig:
         raise MicroCinemaError(f"config {path}: section 'data' lacks num_frames, fps (clips; 8 fps in the paper)")
     check(data.num_frames is None or data.num_frames >= 2,
           f"config {path}: section 'data': ART-V needs clips of at least 2 frames, got num_frames={data.num_frames}")
+    probe = None
+    if top.get("probe") is not None:
+        probe = parse_section(ARTVProbe, top["probe"], "probe", path)
+        if not isinstance(data, ProceduralData):
+            raise MicroCinemaError(f"config {path}: section 'probe' judges videos against the procedural domain's "
+                                   f"ground truth; drop it for data of type {data.type!r}")
+        check(isinstance(data.size, int), f"config {path}: section 'probe' needs square frames (data: size an "
+              f"integer), got size {data.size!r}")
     model = check_keys(top.get("model"), list(top.get("model") or {}), "model", path)
     check_model_section(ARTVModel, model, path, exclude=("self", "unet", "unet_config"))
     for key in ("vae", "text_encoder", "init_from"):
@@ -104,7 +118,7 @@ def parse_artv_config(config: dict[str, Any]) -> DiffusionTaskConfig:
             raise MicroCinemaError(f"config {path}: '{key}' must be a name or a path, got {top[key]!r}")
     return DiffusionTaskConfig(model=model, loss=loss, data=data, train=dict(top["train"]), raw_data=dict(top["data"]),
                                vae=top.get("vae"), text_encoder=top.get("text_encoder"),
-                               init_from=top.get("init_from"), path=path)
+                               init_from=top.get("init_from"), path=path, probe=probe)
 
 
 def _differing(model: ARTVModel, options: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +226,16 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
         model = build_model(config)
     loss_fn = make_loss(cache, vae.config.scaling_factor, settings, scheduler, num_references=model.config.num_references)
     groups = model.parameter_groups(train_settings.learning_rate, settings.pretrained_lr_scale)
-    trainer = Trainer(model, cache, loss_fn, train_settings, param_groups=groups, local_data=local)
+    probe = None
+    if parsed.probe is not None:  # short multi-prompt videos judged every probe.every steps (procedural data)
+        from microcinema.eval.longvideo import make_probe
+
+        train_settings.probe_every = parsed.probe.every
+        probe = make_probe(vae, components["text_encoder"], scheduler, num_sequences=parsed.probe.num_sequences,
+                           frames_per_segment=parsed.probe.frames_per_segment,
+                           num_segments=parsed.probe.num_segments, steps=parsed.probe.steps, fps=parsed.data.fps,
+                           size=parsed.data.size, prompt_seed=parsed.probe.prompt_seed, seed=parsed.probe.seed)
+    trainer = Trainer(model, cache, loss_fn, train_settings, param_groups=groups, local_data=local, probe=probe)
     result = trainer.train()
     if trainer.accelerator.is_main_process:
         write_components(output_dir, components, scheduler, "epsilon")
