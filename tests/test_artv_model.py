@@ -284,6 +284,10 @@ def test_four_guidance_branches_in_one_batch_equal_four_forwards():
     no_refs = null_conditions(cond, refs=True, anchor=True)
     torch.testing.assert_close(model(x["y"], x["t"], **no_refs).sample, model(x["y"], x["t"], **first).sample,
                                rtol=0, atol=1e-5)
+    # bad weights: one-line errors (also for a branch whose condition is absent), not a float() ValueError
+    for bad in ("high", -1.0, float("nan"), None):
+        with pytest.raises(MicroCinemaError, match=r"w_ref must be a number >= 0, got"):
+            guided_eps_model(model, first, null_text, w_ref=bad)
 
 
 # ------------------------------------------------------------------------------------------- save, load, SD

@@ -75,6 +75,26 @@ def test_not_an_adapter_is_one_line_error(tmp_path):
         save_adapter(tmp_path / "a.pt", {"x": torch.zeros(1)}, _metadata())
 
 
+@pytest.mark.parametrize("metadata, message", [
+    ("[1, 2]", "not a JSON object"),
+    ('{"format": "microcinema-fewshot-adapter", "version": "two"}', "version 'two' is not one this microcinema reads"),
+    ('{"format": "microcinema-fewshot-adapter", "version": null}', "version None is not one"),
+    ('{"format": "microcinema-fewshot-adapter", "version": Infinity}', "version inf is not one"),
+    ('{"format": "microcinema-fewshot-adapter", "version": 1}', "incomplete adapter metadata"),
+    ("{oops", "not valid JSON"),
+])
+def test_bad_metadata_is_one_line_error(tmp_path, metadata, message):
+    from safetensors.torch import save_file
+
+    from microcinema.systems.fewshot.adapter import METADATA_KEY
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={METADATA_KEY: metadata})
+    with pytest.raises(MicroCinemaError, match=message) as info:
+        read_adapter_metadata(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
 def test_fits_checks_base_and_size():
     meta = _metadata()
     check_adapter_fits(meta, "0123456789abcdef", "embedded", height=64, width=64)

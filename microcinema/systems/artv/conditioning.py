@@ -29,9 +29,11 @@ w_txt (e(all) - e(no text))`` with ``0.25 / 0.25 / 6.5``, the four branches in o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,7 +44,7 @@ from microcinema.systems.artv.noise_augmentation import INFERENCE_LEVEL
 
 __all__ = ["ANCHOR_WINDOW", "CONDITION_DROPOUT", "GUIDANCE_WEIGHTS", "FrameChoice", "sample_frames", "gather_frames",
            "sample_condition_dropout", "make_conditions", "null_conditions", "guidance_branches", "cond_eps_model",
-           "guided_eps_model", "artv_eps"]
+           "check_weight", "guided_eps_model", "artv_eps"]
 
 #: Training: the anchor is a random frame among this many before the current one (section 3.4).
 ANCHOR_WINDOW = 10
@@ -203,6 +205,14 @@ def cond_eps_model(model: Any, alphas_cumprod: Any = None) -> CondEpsModel:
     return lambda y_t, t, cond: model(y_t, t, alphas_cumprod=alphas_cumprod, **cond).sample
 
 
+def check_weight(name: str, value: Any) -> float:
+    """A guidance weight: a finite real number >= 0 (one-line error otherwise, e.g. for ``"high"`` or NaN)."""
+    check(isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+          and math.isfinite(float(value)) and float(value) >= 0,
+          f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def guided_eps_model(model: Any, cond: ARTVCond, null_text: tuple[Tensor, Tensor | None], *,
                      w_ref: float = GUIDANCE_WEIGHTS["ref"], w_anchor: float = GUIDANCE_WEIGHTS["anchor"],
                      w_text: float = GUIDANCE_WEIGHTS["text"], alphas_cumprod: Any = None,
@@ -214,9 +224,10 @@ def guided_eps_model(model: Any, cond: ARTVCond, null_text: tuple[Tensor, Tensor
     mean mask per sampling step of the paper's Fig. 4); not called without masked diffusion."""
     branches = guidance_branches(cond, null_text)
     present = {"ref": cond.get("refs") is not None, "anchor": cond.get("anchor") is not None, "text": True}
-    weights = {"ref": w_ref, "anchor": w_anchor, "text": w_text}
+    weights = {"ref": check_weight("w_ref", w_ref), "anchor": check_weight("w_anchor", w_anchor),
+               "text": check_weight("w_text", w_text)}
     terms = {k: (branches[k], weights[k] if present[k] else 0.0) for k in ("ref", "anchor", "text")}
-    active = 1 + sum(1 for k, (_, w) in terms.items() if float(w) > 0)
+    active = 1 + sum(1 for _, w in terms.values() if w > 0)
 
     def eps_with_cond(y_t: Tensor, t: Tensor, c: ARTVCond) -> Tensor:
         out = model(y_t, t, alphas_cumprod=alphas_cumprod, **c)

@@ -106,8 +106,13 @@ def read_adapter_metadata(path: str | os.PathLike) -> AdapterMetadata:
         raw = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError:
         raise MicroCinemaError(f"{path}: the adapter metadata is not valid JSON") from None
+    check(isinstance(raw, dict), f"{path}: the adapter metadata is not a JSON object")
     known = {f.name for f in fields(AdapterMetadata)}
-    check(raw.get("format") == ADAPTER_FORMAT and int(raw.get("version", 0)) <= ADAPTER_VERSION,
+    try:
+        version: int | None = int(raw.get("version", 0))
+    except (TypeError, ValueError, OverflowError):  # not a number: no version this microcinema reads
+        version = None
+    check(raw.get("format") == ADAPTER_FORMAT and version is not None and version <= ADAPTER_VERSION,
           f"{path}: adapter format {raw.get('format')!r} version {raw.get('version')!r} is not one this microcinema "
           f"reads ({ADAPTER_FORMAT} <= {ADAPTER_VERSION})")
     try:
