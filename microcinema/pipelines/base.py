@@ -22,6 +22,7 @@ What MicroCinema, ART-V and the few-shot system share lives here (DESIGN.md sect
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -34,7 +35,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
-from microcinema.core.errors import check
+from microcinema.core.errors import MicroCinemaError, check
 from microcinema.core.samplers import SAMPLERS, SCHEDULER_LOOP, StepCallback, check_prediction_type, sample
 from microcinema.core.text_encoders import TextEncoder, wrap_text_encoder
 from microcinema.pipelines.text_to_image import check_prompts, unet_text_cond
@@ -87,6 +88,24 @@ def fresh_generator(generator: torch.Generator | list | None) -> torch.Generator
     return fresh
 
 
+def load_stable_diffusion(pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None
+                          ) -> DiffusionPipeline:
+    """A Stable Diffusion (text-to-image) diffusers pipeline (a folder or hub id, e.g. SD 2.1) without its safety
+    checker, for the systems built on its ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler``;
+    one-line errors for what cannot be loaded or lacks one of them."""
+    try:
+        sd = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype,
+                                               safety_checker=None, requires_safety_checker=False)
+    except Exception as error:  # diffusers raises many kinds: missing files, bad configs, no network
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MicroCinemaError(f"cannot load a Stable Diffusion pipeline from {str(pretrained_model_name_or_path)!r}:"
+                               f" {first}") from None
+    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(sd, n, None) is None]
+    check(not missing, f"{pretrained_model_name_or_path} has no {', '.join(missing)}: give a Stable Diffusion "
+                       "(text-to-image) pipeline folder or hub id")
+    return sd
+
+
 def unet2d_config(unet: Any) -> Any:
     """The config of the 2D U-Net inside ``unet`` (a :class:`~microcinema.models.unet3d.VideoUNet` wraps one)."""
     return getattr(unet, "unet", unet).config
@@ -98,6 +117,35 @@ class VideoDiffusionPipeline(DiffusionPipeline):
 
     _callback_tensor_inputs = ["latents"]
     _text_wrapper: TextEncoder | None = None
+
+    # ------------------------------------------------------------------ building
+    def register_components(self, text_max_length: int | None = None, **components: Any) -> int | None:
+        """diffusers' ``register_modules`` for a subclass's ``__init__``, with the torch modules put in eval mode.
+        ``components["text_encoder"]`` may be a wrapped :class:`~microcinema.core.text_encoders.TextEncoder`: its
+        transformers model and tokenizer (unless ``components["tokenizer"]`` is given) are registered and it is
+        kept for encoding. Returns ``text_max_length``, for a wrapped non-CLIP encoder (default) its
+        ``max_length`` (CLIP keeps None: Stable Diffusion's 77 positions)."""
+        wrapper = components.get("text_encoder")
+        if isinstance(wrapper, TextEncoder):  # a wrapped encoder: register its transformers parts
+            components["tokenizer"] = components.get("tokenizer") or wrapper.tokenizer
+            components["text_encoder"] = wrapper.model
+            if not type(wrapper.model).__name__.startswith("CLIPTextModel"):
+                text_max_length = text_max_length or wrapper.max_length
+        else:
+            wrapper = None
+        self.register_modules(**components)
+        for module in components.values():
+            if isinstance(module, torch.nn.Module):
+                module.eval()
+        self._text_wrapper = wrapper
+        return text_max_length
+
+    def register_settings(self, **settings: Any) -> None:
+        """Save ``settings`` in the pipeline's config (``model_index.json``) and set them as attributes too;
+        assigning one later updates the config."""
+        self.register_to_config(**settings)
+        for name, value in settings.items():
+            setattr(self, name, value)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -306,4 +354,5 @@ def check_negative_prompt(negative_prompt: str | list[str] | None, batch: int) -
 
 
 __all__ = ["OUTPUT_TYPES", "SD_SCHEDULER_CONFIG", "VideoDiffusionPipeline", "VideoPipelineOutput", "check_count",
-           "check_negative_prompt", "check_output_type", "fresh_generator", "sd_scheduler", "unet2d_config"]
+           "check_negative_prompt", "check_output_type", "fresh_generator", "load_stable_diffusion", "sd_scheduler",
+           "unet2d_config"]

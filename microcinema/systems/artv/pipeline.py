@@ -46,7 +46,6 @@ Loading: ``save_pretrained`` / ``ARTVPipeline.from_pretrained(folder)`` and ``Di
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import deque
@@ -61,12 +60,11 @@ from PIL import Image
 
 from microcinema.core.errors import MicroCinemaError, check
 from microcinema.core.samplers import SAMPLERS, sample
-from microcinema.core.text_encoders import TextEncoder
 from microcinema.pipelines.base import (VideoDiffusionPipeline, VideoPipelineOutput, check_count, check_output_type,
-                                        fresh_generator, sd_scheduler)
-from microcinema.pipelines.key_frame import KeyFrameModel, image_to_tensor, load_image, load_key_frame_model
+                                        fresh_generator, load_stable_diffusion, sd_scheduler)
+from microcinema.pipelines.key_frame import KeyFrameModel, load_image, load_key_frame_model
 from microcinema.pipelines.text_to_image import check_steps
-from microcinema.systems.artv.conditioning import GUIDANCE_WEIGHTS, guided_eps_model, make_conditions
+from microcinema.systems.artv.conditioning import GUIDANCE_WEIGHTS, check_weight, guided_eps_model, make_conditions
 from microcinema.systems.artv.model import ARTVModel, ARTVOutput
 from microcinema.systems.artv.noise_augmentation import INFERENCE_LEVEL
 from microcinema.systems.artv.segments import (ANCHOR_MODES, DEFAULT_FRAMES_PER_PROMPT, Schedule, make_schedule,
@@ -80,14 +78,6 @@ STREAM_OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "uint8", "pt", "latent")
 #: Settings of the embedded family (64x64, MiniLM text, procedural domain): the text length it is trained with.
 #: Sampler and steps stay the paper's until the trained model's measurements choose (issue 17 item 6).
 EMBEDDED_SETTINGS: dict[str, Any] = {"text_max_length": 32, "decode_chunk_size": 16}
-
-
-def check_weight(name: str, value: Any) -> float:
-    """A guidance weight: a finite real number >= 0 (one-line error otherwise, e.g. for ``"high"`` or NaN)."""
-    check(isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-          and math.isfinite(float(value)) and float(value) >= 0,
-          f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
 
 
 def _check_level(value: Any, num_train_timesteps: int) -> int:
@@ -150,16 +140,9 @@ class ARTVPipeline(VideoDiffusionPipeline):
         super().__init__()
         check(isinstance(unet, ARTVModel), f"unet must be an ARTVModel (ARTVModel.from_unet(image_unet)), got "
               f"{type(unet).__name__}")
-        wrapper = None
-        if isinstance(text_encoder, TextEncoder):  # a wrapped encoder: register its transformers parts
-            wrapper, tokenizer, text_encoder = text_encoder, tokenizer or text_encoder.tokenizer, text_encoder.model
-            if not type(text_encoder).__name__.startswith("CLIPTextModel"):
-                text_max_length = text_max_length or wrapper.max_length
-        scheduler = scheduler if scheduler is not None else sd_scheduler()
-        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-        for module in (unet, vae, text_encoder):
-            if isinstance(module, torch.nn.Module):
-                module.eval()
+        text_max_length = self.register_components(
+            text_max_length, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            scheduler=scheduler if scheduler is not None else sd_scheduler())
         settings = dict(sampler=_check_sampler(sampler), guidance_scale=check_weight("guidance_scale", guidance_scale),
                         ref_guidance_scale=check_weight("ref_guidance_scale", ref_guidance_scale),
                         anchor_guidance_scale=check_weight("anchor_guidance_scale", anchor_guidance_scale),
@@ -169,10 +152,7 @@ class ARTVPipeline(VideoDiffusionPipeline):
                         text_max_length=text_max_length,
                         decode_chunk_size=check_count("decode_chunk_size", decode_chunk_size))
         check(settings["fps"] > 0, f"fps must be > 0, got {fps!r}")
-        self.register_to_config(**settings)
-        for name, value in settings.items():  # attributes too; assigning one later updates the config
-            setattr(self, name, value)
-        self._text_wrapper = wrapper if wrapper is not None and wrapper.model is text_encoder else None
+        self.register_settings(**settings)
         self._key_frame_model = key_frame_model
         self.frame_index: int | None = None
         self.segment_index: int | None = None
@@ -207,18 +187,7 @@ class ARTVPipeline(VideoDiffusionPipeline):
         encoder, tokenizer and scheduler, and ``unet`` (a trained :class:`ARTVModel`) or, if None, the
         checkpoint's U-Net converted (:meth:`ARTVModel.from_unet` with ``model_options``: untrained new parts, at
         zero where the model docstring says). ``settings`` are the pipeline's."""
-        from diffusers import DiffusionPipeline
-
-        try:
-            sd = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype,
-                                                   safety_checker=None, requires_safety_checker=False)
-        except Exception as error:  # diffusers raises many kinds: missing files, bad configs, no network
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise MicroCinemaError(f"cannot load a Stable Diffusion pipeline from {str(pretrained_model_name_or_path)!r}:"
-                                   f" {first}") from None
-        missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(sd, n, None) is None]
-        check(not missing, f"{pretrained_model_name_or_path} has no {', '.join(missing)}: give a Stable Diffusion "
-                           "(text-to-image) pipeline folder or hub id")
+        sd = load_stable_diffusion(pretrained_model_name_or_path, torch_dtype)
         if unet is None:
             unet = ARTVModel.from_unet(sd.unet, **(model_options or {}))
         return cls(unet, sd.vae, sd.text_encoder, sd.tokenizer, scheduler=sd.scheduler, **settings)

@@ -34,7 +34,6 @@ from diffusers import AutoencoderKL
 from microcinema.core.errors import check
 from microcinema.core.guidance import cfg_eps_model
 from microcinema.core.samplers import SAMPLERS, SCHEDULER_LOOP
-from microcinema.core.text_encoders import TextEncoder
 from microcinema.pipelines.base import (SD_SCHEDULER_CONFIG, VideoDiffusionPipeline, VideoPipelineOutput,
                                         check_count, check_negative_prompt, check_output_type, fresh_generator)
 from microcinema.pipelines.text_to_image import check_prompts, check_steps, cond_eps_model
@@ -71,11 +70,6 @@ class FewShotPipeline(VideoDiffusionPipeline):
                  text_max_length: int | None = None, decode_chunk_size: int = 16, base: str = "",
                  base_fingerprint: str = "") -> None:
         super().__init__()
-        wrapper = None
-        if isinstance(text_encoder, TextEncoder):  # a wrapped encoder: register its transformers parts
-            wrapper, tokenizer, text_encoder = text_encoder, tokenizer or text_encoder.tokenizer, text_encoder.model
-            if not type(text_encoder).__name__.startswith("CLIPTextModel"):
-                text_max_length = text_max_length or wrapper.max_length
         check(isinstance(unet, FewShotVideoUNet),
               f"unet must be an inflated FewShotVideoUNet (inflate_unet), got {type(unet).__name__}")
         check(sampler in SAMPLERS or sampler == SCHEDULER_LOOP,
@@ -83,19 +77,14 @@ class FewShotPipeline(VideoDiffusionPipeline):
         check(isinstance(guidance_scale, (int, float)) and guidance_scale >= 0,
               f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale!r}")
         check(noise in NOISE_KINDS, f"unknown noise prior {noise!r}; allowed: {', '.join(NOISE_KINDS)}")
-        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              scheduler=scheduler if scheduler is not None else _ddim({}))
-        for module in (unet, vae, text_encoder):
-            if isinstance(module, torch.nn.Module):
-                module.eval()
+        text_max_length = self.register_components(
+            text_max_length, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            scheduler=scheduler if scheduler is not None else _ddim({}))
         settings = dict(sampler=sampler, guidance_scale=guidance_scale, num_frames=check_count("num_frames", num_frames),
                         fps=float(fps), noise=noise, noise_alpha=float(noise_alpha), text_max_length=text_max_length,
                         decode_chunk_size=check_count("decode_chunk_size", decode_chunk_size), base=base,
                         base_fingerprint=base_fingerprint)
-        self.register_to_config(**settings)
-        for name, value in settings.items():
-            setattr(self, name, value)
-        self._text_wrapper = wrapper if wrapper is not None and wrapper.model is text_encoder else None
+        self.register_settings(**settings)
         self.adapter_metadata: AdapterMetadata | None = None
         self._fresh_state = {k: v.clone() for k, v in unet.trainable_state_dict().items()}
 
