@@ -48,26 +48,61 @@ def _size(text: str) -> tuple[int, int]:
     return (parts[0], parts[-1])
 
 
+def _subcommand(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``fewshot`` or one of its subcommands, with the shared examples as its epilog."""
+    return sub.add_parser(name, help=help, description=description, epilog=FEWSHOT_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_clip_arguments(parser: argparse.ArgumentParser, *, frames: int, min_frames: int, fps: float,
+                        fps_help: str) -> None:
+    """``--frames`` and ``--fps`` of the clips (``train`` reads them, ``data`` writes them)."""
+    parser.add_argument("--frames", type=positive_int("--frames", min_frames), default=frames,
+                        help=f"frames per clip (default {frames})")
+    parser.add_argument("--fps", type=float_arg("--fps", "a positive number", lambda v: v > 0), default=fps,
+                        help=fps_help)
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser, purpose: str, colours_default: str,
+                          objects_default: str) -> None:
+    """``--colours`` and ``--objects``: comma-separated lists of the procedural domain's (``data``, ``evaluate``)."""
+    parser.add_argument("--colours", default=None, help=f"comma-separated colours {purpose} ({colours_default})")
+    parser.add_argument("--objects", default=None, help=f"comma-separated objects {purpose} ({objects_default})")
+
+
+def _add_adapter_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The adapter, where to write, and the base it goes on (``generate``, ``evaluate``)."""
+    parser.add_argument("adapter", type=Path, help="adapter file written by 'microcinema fewshot train'")
+    parser.add_argument("--out", required=True, type=Path, help=out_help)
+    parser.add_argument("--base", default=None, help="the base model (default: the one the adapter names)")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser, frames_help: str, guidance_help: str) -> None:
+    """Steps, frames and guidance of sampling with an adapter (``generate``, ``evaluate``)."""
+    parser.add_argument("--steps", type=positive_int("--steps"), default=50, help="sampling steps (default 50)")
+    parser.add_argument("--frames", type=positive_int("--frames"), default=None, help=frames_help)
+    parser.add_argument("--guidance-scale", type=float_arg("--guidance-scale", "a number >= 0", lambda v: v >= 0),
+                        default=None, help=guidance_help)
+
+
 def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fewshot {train,generate,data}`` to the ``microcinema`` parser."""
+    """Add ``fewshot {train,generate,data,evaluate}`` to the ``microcinema`` parser."""
     parser_class = subparsers._parser_class  # the main parser's one-line-error class
-    fewshot = subparsers.add_parser(
-        "fewshot", help="few-shot motion tuning: teach a model a motion from 8-16 clips", epilog=FEWSHOT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Few-shot motion tuning (recurrent few-shot paper): inflate a text-to-image U-Net to video "
-                    "(sparse-causal or recurrent causal attention, temporal attention), tune only the paper's "
-                    "parameters on a few clips of one motion, save them as a small adapter file, generate with it.")
+    fewshot = _subcommand(
+        subparsers, "fewshot", "few-shot motion tuning: teach a model a motion from 8-16 clips",
+        "Few-shot motion tuning (recurrent few-shot paper): inflate a text-to-image U-Net to video "
+        "(sparse-causal or recurrent causal attention, temporal attention), tune only the paper's "
+        "parameters on a few clips of one motion, save them as a small adapter file, generate with it.")
     sub = fewshot.add_subparsers(dest="fewshot_command", metavar="{train,generate,data,evaluate}",
                                  parser_class=parser_class)
     sub.required = True
 
-    train = sub.add_parser(
-        "train", help="tune an adapter on 8-16 clips of one motion", epilog=FEWSHOT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Tune the paper's parameters (W_Q of the spatio-temporal and cross attention, the memory's W_hh, "
-                    "W_zh, b_h, the temporal attention) on a few clips of one motion with the shared trainer; save them "
-                    "as a safetensors adapter with its metadata. Prints the trainable count and a memory estimate first; "
-                    "the same --out resumes a killed run. Defaults are the paper's (section 4.1).")
+    train = _subcommand(
+        sub, "train", "tune an adapter on 8-16 clips of one motion",
+        "Tune the paper's parameters (W_Q of the spatio-temporal and cross attention, the memory's W_hh, "
+        "W_zh, b_h, the temporal attention) on a few clips of one motion with the shared trainer; save them "
+        "as a safetensors adapter with its metadata. Prints the trainable count and a memory estimate first; "
+        "the same --out resumes a killed run. Defaults are the paper's (section 4.1).")
     train.add_argument("--data", required=True, type=Path,
                        help="caption table (JSONL {\"file\", \"text\"} or WebVid CSV) or a folder of videos (+ --caption)")
     train.add_argument("--out", required=True, type=Path, help="adapter file to write (.safetensors)")
@@ -79,9 +114,8 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
                        help="recurrent causal attention (the paper's, default) or sparse-causal (Tune-A-Video)")
     train.add_argument("--steps", type=positive_int("--steps"), default=16000,
                        help="training steps (default 16000, the paper's; raise it and rerun to continue a run)")
-    train.add_argument("--frames", type=positive_int("--frames", 2), default=8, help="frames per clip (default 8)")
-    train.add_argument("--fps", type=float_arg("--fps", "a positive number", lambda v: v > 0), default=2.0,
-                       help="frames per second sampled from the start of each clip (default 2)")
+    _add_clip_arguments(train, frames=8, min_frames=2, fps=2.0,
+                        fps_help="frames per second sampled from the start of each clip (default 2)")
     train.add_argument("--size", type=_size, default=None, help="N or HxW pixels (default: the base's size)")
     train.add_argument("--noise", choices=list(NOISE_KINDS), default="independent",
                        help="noise prior for training and sampling: independent (default), or the structured priors of "
@@ -108,57 +142,45 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
                        help="replace an existing --out (and its run folder) made with other settings")
     train.set_defaults(func=_cmd_train)
 
-    generate = sub.add_parser(
-        "generate", help="text to video with an adapter", epilog=FEWSHOT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Load an adapter onto its base model and generate a video; the initial noise is the adapter's "
-                    "structured prior. --compare adds the untuned base (the inflated base with fresh adapter "
-                    "parameters: Tune-A-Video's starting point) with the same seed, side by side.")
-    generate.add_argument("adapter", type=Path, help="adapter file written by 'microcinema fewshot train'")
+    generate = _subcommand(
+        sub, "generate", "text to video with an adapter",
+        "Load an adapter onto its base model and generate a video; the initial noise is the adapter's "
+        "structured prior. --compare adds the untuned base (the inflated base with fresh adapter "
+        "parameters: Tune-A-Video's starting point) with the same seed, side by side.")
+    _add_adapter_arguments(generate, "video file to write: .mp4 or .gif")
     generate.add_argument("prompt", help="what to show, e.g. 'a green star bouncing'")
-    generate.add_argument("--out", required=True, type=Path, help="video file to write: .mp4 or .gif")
-    generate.add_argument("--base", default=None, help="the base model (default: the one the adapter names)")
     generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    generate.add_argument("--steps", type=positive_int("--steps"), default=50, help="sampling steps (default 50)")
-    generate.add_argument("--frames", type=positive_int("--frames"), default=None,
-                          help="frames to generate (default: the adapter's)")
-    generate.add_argument("--guidance-scale", type=float_arg("--guidance-scale", "a number >= 0", lambda v: v >= 0),
-                          default=None, help="classifier-free guidance (default 12.5, the paper's)")
+    _add_sampling_arguments(generate, "frames to generate (default: the adapter's)",
+                            "classifier-free guidance (default 12.5, the paper's)")
     generate.add_argument("--negative-prompt", default=None, help="the unconditional branch of guidance")
     generate.add_argument("--compare", action="store_true",
                           help="also write OUT_compare.(mp4|gif) and OUT_compare.png: tuned next to the untuned base")
     generate.set_defaults(func=_cmd_generate)
 
-    data = sub.add_parser(
-        "data", help="write procedural tuning clips of a new motion", epilog=FEWSHOT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Write clips of one motion the embedded family never saw (bounce, circling, zigzag, diagonal; "
-                    "microcinema.data.synthetic.FEWSHOT_MOTIONS) with captions and ground-truth trajectories.")
+    data = _subcommand(
+        sub, "data", "write procedural tuning clips of a new motion",
+        "Write clips of one motion the embedded family never saw (bounce, circling, zigzag, diagonal; "
+        "microcinema.data.synthetic.FEWSHOT_MOTIONS) with captions and ground-truth trajectories.")
     from microcinema.data.synthetic import FEWSHOT_MOTIONS
 
     data.add_argument("--motion", required=True, choices=list(FEWSHOT_MOTIONS), help="the motion")
     data.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     data.add_argument("--num", type=positive_int("--num"), default=12, help="clips (default 12)")
-    data.add_argument("--frames", type=positive_int("--frames"), default=33, help="frames per clip (default 33)")
-    data.add_argument("--fps", type=float_arg("--fps", "a positive number", lambda v: v > 0), default=8.0,
-                      help="frames per second (default 8: 4 s clips)")
+    _add_clip_arguments(data, frames=33, min_frames=1, fps=8.0, fps_help="frames per second (default 8: 4 s clips)")
     data.add_argument("--size", type=positive_int("--size", 16), default=64, help="frame size in pixels (default 64)")
     data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    data.add_argument("--colours", default=None, help="comma-separated colours to draw from (default all)")
-    data.add_argument("--objects", default=None, help="comma-separated objects to draw from (default all)")
+    _add_filter_arguments(data, "to draw from", "default all", "default all")
     data.set_defaults(func=_cmd_data)
 
-    evaluate = sub.add_parser(
-        "evaluate", help="evaluate an adapter against the untuned base", epilog=FEWSHOT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Generate with an adapter and with the untuned base (same prompts and seeds) and measure them "
-                    "(recurrent few-shot paper, section 4): on the procedural domain, videos of the taught motion for "
-                    "colours and objects not in the tuning clips, judged from the pixels (motion right and motion "
-                    "fidelity, colour and object kept in every frame); warping error; the flow-statistics distance "
-                    "to the tuning clips (--data); CLIP score and CLIP-Temp (--clip). Writes metrics.json, "
-                    "report.md, samples.png, samples.gif and videos/ under --out.")
-    evaluate.add_argument("adapter", type=Path, help="adapter file written by 'microcinema fewshot train'")
-    evaluate.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    evaluate = _subcommand(
+        sub, "evaluate", "evaluate an adapter against the untuned base",
+        "Generate with an adapter and with the untuned base (same prompts and seeds) and measure them "
+        "(recurrent few-shot paper, section 4): on the procedural domain, videos of the taught motion for "
+        "colours and objects not in the tuning clips, judged from the pixels (motion right and motion "
+        "fidelity, colour and object kept in every frame); warping error; the flow-statistics distance "
+        "to the tuning clips (--data); CLIP score and CLIP-Temp (--clip). Writes metrics.json, "
+        "report.md, samples.png, samples.gif and videos/ under --out.")
+    _add_adapter_arguments(evaluate, "output folder (created if missing)")
     evaluate.add_argument("--data", type=Path, default=None,
                           help="the tuning clips (caption table or folder): held-out colours/objects and the "
                                "flow-statistics reference")
@@ -168,16 +190,10 @@ def add_fewshot_command(subparsers: argparse._SubParsersAction) -> None:
                           help="a text file of prompts, one a line, instead of domain prompts (real videos)")
     evaluate.add_argument("--num-videos", type=positive_int("--num-videos"), default=30,
                           help="domain videos (default 30)")
-    evaluate.add_argument("--colours", default=None, help="comma-separated colours to evaluate (default: those not "
-                                                          "in the tuning clips)")
-    evaluate.add_argument("--objects", default=None, help="comma-separated objects to evaluate (default: the shapes "
-                                                          "not in the tuning clips)")
-    evaluate.add_argument("--base", default=None, help="the base model (default: the one the adapter names)")
-    evaluate.add_argument("--steps", type=positive_int("--steps"), default=50, help="sampling steps (default 50)")
-    evaluate.add_argument("--guidance-scale", type=float_arg("--guidance-scale", "a number >= 0", lambda v: v >= 0),
-                          default=None, help="classifier-free guidance (default the pipeline's, 12.5)")
-    evaluate.add_argument("--frames", type=positive_int("--frames"), default=None,
-                          help="frames per video (default: the adapter's)")
+    _add_filter_arguments(evaluate, "to evaluate", "default: those not in the tuning clips",
+                          "default: the shapes not in the tuning clips")
+    _add_sampling_arguments(evaluate, "frames per video (default: the adapter's)",
+                            "classifier-free guidance (default the pipeline's, 12.5)")
     evaluate.add_argument("--seed", type=int, default=0, help="first sampling seed (default 0)")
     evaluate.add_argument("--clip", type=Path, default=None, help="a CLIP model folder for CLIP score and CLIP-Temp")
     evaluate.add_argument("--batch-size", type=positive_int("--batch-size"), default=4,
