@@ -42,8 +42,10 @@ import functools
 import inspect
 import os
 import time
+from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import diffusers
 import numpy as np
@@ -74,6 +76,11 @@ def _at_least_one_step(steps: int, strength: float) -> float:
     return max(1, int(steps * strength + 1e-9)) / steps
 
 
+def _refine_steps(steps: int, strength: float) -> int:
+    """How many network calls a refinement pass of ``strength`` makes per step of the schedule (0: off)."""
+    return round(steps * _at_least_one_step(steps, strength)) if strength > 0 else 0
+
+
 def _check_strength(value: Any) -> float:
     check(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
           f"refine_strength must be in [0, 1] (0: off), got {value!r}")
@@ -93,6 +100,57 @@ def _takes(function: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == name for p in parameters)
+
+
+#: Most bytes of AppearNet features :func:`_reused_appearance_features` keeps (beyond it they are recomputed).
+APPEARANCE_REUSE_BYTES = 256 * 2**20
+
+
+def _same(a: Any, b: Any) -> bool:
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and a.dtype == b.dtype \
+            and a.device == b.device and (a is b or torch.equal(a, b))
+    return a == b
+
+
+def _nbytes(output: Any) -> int:
+    tensors = [*output.skip_features, output.mid_feature]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+@contextmanager
+def _reused_appearance_features(unet: Any, keep: int) -> Iterator[None]:
+    """Within the block, ``unet``'s AppearNet returns the features it computed for the same inputs (condition,
+    timestep, text, mask, class labels: compared exactly) in one of its last ``keep`` calls instead of computing
+    them again, so the outputs are identical. The refinement passes re-run the last timesteps of the first pass
+    with the same conditions (AppearNet's inputs), so their AppearNet work is all repeated. At most
+    :data:`APPEARANCE_REUSE_BYTES` of features are kept. No-op with ``keep < 1``, without AppearNet, or with
+    gradients enabled."""
+    appearnet = getattr(unet, "appearnet", None)
+    if appearnet is None or keep < 1 or torch.is_grad_enabled():
+        yield
+        return
+    compute = appearnet.forward
+    memory: deque = deque(maxlen=keep)
+
+    def forward(condition, timestep, encoder_hidden_states, encoder_attention_mask=None, class_labels=None,
+                cross_attention_kwargs=None):
+        inputs = (condition, timestep, encoder_hidden_states, encoder_attention_mask, class_labels)
+        if cross_attention_kwargs is None:
+            for saved, features in memory:
+                if all(_same(a, b) for a, b in zip(saved, inputs)):
+                    return features
+        features = compute(condition, timestep, encoder_hidden_states, encoder_attention_mask, class_labels,
+                           cross_attention_kwargs)
+        if cross_attention_kwargs is None and _nbytes(features) * keep <= APPEARANCE_REUSE_BYTES:
+            memory.append((inputs, features))
+        return features
+
+    appearnet.forward = forward
+    try:
+        yield
+    finally:
+        del appearnet.forward
 
 
 class MicroCinemaPipeline(VideoDiffusionPipeline):
@@ -385,19 +443,22 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         eps_model = cfg_eps_model(self._eps_model(self.interp_unet), cond, cond, 1.0)
         if self.interp_anchor_means if anchor_means is None else anchor_means:
             eps_model = mean_anchor_eps_model(eps_model, condition.mean(dim=(-2, -1), keepdim=True), self.scheduler)
-        clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator, sampler=self.sampler,
-                             stage="interpolation", init_mean=(lam + gamma) * condition)
-        if refine_strength > 0:
-            full = join_clips(latents, clips)
-            between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
-            decode, encode = self._vae_calls(decode_chunk_size)
-            init, _ = refine_init(full, decode, encode, INTERPOLATION_FACTOR * (f // 2), min_score, frames=between)
-            init = rearrange(torch.stack([init[:, :, s:s + n] for s in clip_starts(full.shape[2])], dim=1),
-                             "b f c m h w -> (b f) c m h w")
-            noise = self.prepare_latents(tuple(clips.shape), generator, device=latents.device)
+        # the refinement re-runs the last timesteps with the same condition: AppearNet's features are reused
+        with _reused_appearance_features(self.interp_unet, _refine_steps(steps, refine_strength)):
             clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
-                                 sampler=self.sampler, stage="interpolation_refine", init_mean=lam * condition,
-                                 init=init, strength=_at_least_one_step(steps, refine_strength))
+                                 sampler=self.sampler, stage="interpolation", init_mean=(lam + gamma) * condition)
+            if refine_strength > 0:
+                full = join_clips(latents, clips)
+                between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
+                decode, encode = self._vae_calls(decode_chunk_size)
+                init, _ = refine_init(full, decode, encode, INTERPOLATION_FACTOR * (f // 2), min_score,
+                                      frames=between)
+                init = rearrange(torch.stack([init[:, :, s:s + n] for s in clip_starts(full.shape[2])], dim=1),
+                                 "b f c m h w -> (b f) c m h w")
+                noise = self.prepare_latents(tuple(clips.shape), generator, device=latents.device)
+                clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
+                                     sampler=self.sampler, stage="interpolation_refine", init_mean=lam * condition,
+                                     init=init, strength=_at_least_one_step(steps, refine_strength))
         return join_clips(latents, clips)
 
     # ------------------------------------------------------------------ the call
@@ -474,14 +535,17 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
             lap("key_frame")
             z_key = self.encode_frames(key_frames.to(self._execution_device), chunk)
             cond, uncond = self.encode_prompt(prompts, z_key.device, per_prompt, True, negatives)
-            video = self.generate_base(cond, uncond, z_key, num_frames, steps=steps, scale=scale, generator=generator,
-                                       lam=lam, gamma=gamma, pin_key_frame=pin, latents=latents)
-            fps = self.base_fps
-            lap("base")
-            if refine > 0:
-                video = self.refine_base(cond, uncond, z_key, video, strength=refine, steps=steps, scale=scale,
-                                         generator=generator, lam=lam, pin_key_frame=pin, decode_chunk_size=chunk)
-                lap("refine")
+            with _reused_appearance_features(self.unet, _refine_steps(steps, refine)):  # as in interpolate()
+                video = self.generate_base(cond, uncond, z_key, num_frames, steps=steps, scale=scale,
+                                           generator=generator, lam=lam, gamma=gamma, pin_key_frame=pin,
+                                           latents=latents)
+                fps = self.base_fps
+                lap("base")
+                if refine > 0:
+                    video = self.refine_base(cond, uncond, z_key, video, strength=refine, steps=steps, scale=scale,
+                                             generator=generator, lam=lam, pin_key_frame=pin,
+                                             decode_chunk_size=chunk)
+                    lap("refine")
             if interpolate:
                 video = self.interpolate(video, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
                                          gamma=self.interp_noise_prior_gamma, anchor_means=interp_anchor_means,
