@@ -170,7 +170,7 @@ def save_random_clip_model(path: str | Path, *, text: dict, vision: dict, projec
     loads. ``text`` / ``vision``: the towers' config keys; vocabulary and special tokens come from the tokenizer."""
     from transformers import CLIPConfig, CLIPModel
 
-    from microcinema.eval.metrics.clip_score import _image_processor_class
+    from microcinema.eval.metrics.clip_score import clip_image_processor_class
 
     path = Path(path)
     tok = tiny_clip_tokenizer()
@@ -180,7 +180,7 @@ def save_random_clip_model(path: str | Path, *, text: dict, vision: dict, projec
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)).save_pretrained(path)
     tok.save_pretrained(path)
     size = vision["image_size"]
-    _image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    clip_image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
     return path
 
 

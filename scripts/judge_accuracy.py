@@ -107,10 +107,10 @@ def main() -> None:
         motion_report(classifier, args.videos, args.seed, num_frames, fps, {})
     motion_report(classifier, args.videos, args.seed, 9, 2.0, {"blur_sigma": 0.8, "noise_sigma": 8.0})
     if args.unseen_handwriting:
-        from microcinema.data.synthetic import _digits
+        from microcinema.data.synthetic import digit_images
 
         t0 = time.perf_counter()
-        even = np.flatnonzero(np.arange(len(_digits()[1])) % 2 == 0)
+        even = np.flatnonzero(np.arange(len(digit_images()[1])) % 2 == 0)
         held = ObjectClassifier().fit(seed=0, digit_instances=even)
         print(f"unseen-handwriting classifier trained in {time.perf_counter() - t0:.1f} s")
         frames, specs = balanced_frames(args.per_class, args.seed + 1, instances="odd")

@@ -70,7 +70,7 @@ def test_refine_init_puts_the_key_frames_glyph_where_the_first_pass_moved_the_ob
     frames, spec = clip_with("right")
     truth = pixels(frames)  # F, 3, H, W
     other = 9 if spec.object != "digit9" else 1
-    redrawn = replace(spec, object=f"digit{other}", digit_instance=int(synthetic._digit_indices(other)[0]))
+    redrawn = replace(spec, object=f"digit{other}", digit_instance=int(synthetic.digit_indices(other)[0]))
     first_pass = pixels(render_clip(redrawn))
     first_pass[4] = truth[4]  # the key frame is pinned
     first_pass[0] = truth[0, :, :2, :2].mean(dim=(-2, -1), keepdim=True).expand_as(truth[0])  # object lost

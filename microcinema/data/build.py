@@ -79,7 +79,7 @@ def real_samples(data: Any, kind: str, process_index: int = 0, num_processes: in
 
         return shard_samples
     if data.type == "captions":
-        from microcinema.data.video_dataset import VideoCaptionDataset, _Skip
+        from microcinema.data.video_dataset import VideoCaptionDataset, VideoSkipped
 
         table = VideoCaptionDataset(data.table, data.video_root, **settings)
         if len(table) < num_processes:  # checked on every process: none is left waiting for the others
@@ -92,9 +92,9 @@ def real_samples(data: Any, kind: str, process_index: int = 0, num_processes: in
             for position in range(start, len(mine)):
                 i = mine[position]
                 try:
-                    item = table._load(i)
-                except _Skip as skip:
-                    table._mark_bad(i, skip)
+                    item = table.load_item(i)
+                except VideoSkipped as skip:
+                    table.mark_bad(i, skip)
                     yield position, None
                     continue
                 file = Path(item.pop("file"))

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from microcinema.core.errors import MicroCinemaError
 from microcinema.core.video_io import probe_video, read_video
 
-__all__ = ["VideoCaptionDataset", "ClipReader", "resize_center_crop", "load_caption_table", "LAYOUTS"]
+__all__ = ["VideoCaptionDataset", "ClipReader", "VideoSkipped", "resize_center_crop", "load_caption_table", "LAYOUTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +167,9 @@ def resize_center_crop(frames: np.ndarray, size: int | Sequence[int]) -> torch.T
     return (x / 127.5 - 1.0).clamp_(-1.0, 1.0).contiguous()
 
 
-class _Skip(Exception):
-    """A file that cannot give a clip; ``reason`` is a key of ``VideoCaptionDataset.stats``."""
+class VideoSkipped(Exception):
+    """A file that cannot give a clip (raised by :meth:`ClipReader.read`, caught by the datasets, which skip
+    the file); ``reason`` is a key of ``VideoCaptionDataset.stats``, ``detail`` the one-line cause."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -205,22 +206,22 @@ class ClipReader:
 
     def read(self, file: str | os.PathLike, text: str, rng_key: Sequence[int], row_fps: float | None = None
              ) -> dict[str, object]:
-        """The clip of ``file`` as an item (see :class:`VideoCaptionDataset`); raises ``_Skip`` for a file that
-        cannot give one."""
+        """The clip of ``file`` as an item (see :class:`VideoCaptionDataset`); raises :class:`VideoSkipped` for a
+        file that cannot give one."""
         file = Path(file)
         if not file.is_file():
-            raise _Skip("missing", f"file not found: {file}")
+            raise VideoSkipped("missing", f"file not found: {file}")
         try:
             info = probe_video(file)
         except MicroCinemaError as exc:
-            raise _Skip("corrupt", str(exc)) from exc
+            raise VideoSkipped("corrupt", str(exc)) from exc
         src_fps = row_fps or info.fps
         if src_fps <= 0:
-            raise _Skip("corrupt", "unknown frame rate (give \"fps\" in a JSONL table)")
+            raise VideoSkipped("corrupt", "unknown frame rate (give \"fps\" in a JSONL table)")
         start, fits = self.window(rng_key, info.num_frames, src_fps)
         if not fits and self.too_short == "skip":
             need = (self.num_frames - 1) / self.fps
-            raise _Skip(
+            raise VideoSkipped(
                 "too_short",
                 f"{info.num_frames} frames at {src_fps:g} fps; "
                 f"{self.num_frames} frames at {self.fps:g} fps need more than {need:g} s",
@@ -230,11 +231,11 @@ class ClipReader:
         try:
             frames, stamps = read_video(file, times * to_container)
         except MicroCinemaError as exc:
-            raise _Skip("corrupt", str(exc)) from exc
+            raise VideoSkipped("corrupt", str(exc)) from exc
         stamps = stamps / to_container
         if fits and stamps[-1] < times[-1] - 1.5 / src_fps:
             ends = f"video ends at {stamps[-1]:.3f} s, before the {info.num_frames} frames its header promises"
-            raise _Skip("corrupt", ends + " (truncated?)")
+            raise VideoSkipped("corrupt", ends + " (truncated?)")
         return {
             "pixel_values": resize_center_crop(frames, self.size),
             "text": text,
@@ -330,9 +331,9 @@ class VideoCaptionDataset(Dataset):
             i = (index + attempt) % len(self)
             if i not in self._bad:
                 try:
-                    return self._load(i)
-                except _Skip as skip:
-                    self._mark_bad(i, skip)
+                    return self.load_item(i)
+                except VideoSkipped as skip:
+                    self.mark_bad(i, skip)
             skipped.append(i)
         reasons = Counter(self._bad[i][0] for i in skipped)
         summary = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
@@ -342,7 +343,8 @@ class VideoCaptionDataset(Dataset):
             "check the table and video_root, raise max_retries, or use too_short='pad'"
         )
 
-    def _mark_bad(self, i: int, skip: _Skip) -> None:
+    def mark_bad(self, i: int, skip: VideoSkipped) -> None:
+        """Remember row ``i`` as unloadable (``__getitem__`` skips it from now on), count it in ``stats`` and log it."""
         self._bad[i] = (skip.reason, skip.detail)
         self.stats[skip.reason] += 1
         logger.warning("skipping video %s (%s): %s", self.rows[i].file, skip.reason, skip.detail)
@@ -351,7 +353,9 @@ class VideoCaptionDataset(Dataset):
         """Window start (seconds, on a source frame) and whether the window fits in the video."""
         return self.reader.window([self.seed, i, self.epoch], num_src, src_fps)
 
-    def _load(self, i: int) -> dict[str, object]:
+    def load_item(self, i: int) -> dict[str, object]:
+        """Row ``i``'s clip, without the retries of ``__getitem__`` (raises :class:`VideoSkipped`, see
+        :meth:`mark_bad`); for loaders that handle skipped files themselves."""
         row = self.rows[i]
         return self.reader.read(row.file, row.text, [self.seed, i, self.epoch], row.fps)
 

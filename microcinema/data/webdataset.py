@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from microcinema.core.errors import MicroCinemaError
-from microcinema.data.video_dataset import ClipReader, _Skip
+from microcinema.data.video_dataset import ClipReader, VideoSkipped
 
 __all__ = ["expand_shards", "split_shards", "WebDatasetClips", "RawSample"]
 
@@ -138,7 +138,7 @@ class WebDatasetClips:
             with handle:
                 handle.write(raw.video)
             item = self.reader.read(handle.name, raw.text, [self.seed, zlib.crc32(raw.key.encode())])
-        except _Skip as skip:
+        except VideoSkipped as skip:
             return self._skip(raw, skip.reason, skip.detail)
         finally:
             os.unlink(handle.name)

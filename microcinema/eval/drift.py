@@ -196,7 +196,7 @@ class ImageFeatureModel:
 
         import transformers
 
-        from microcinema.core.text_encoders import _no_progress_bars
+        from microcinema.core.text_encoders import no_progress_bars
 
         folder = Path(path).expanduser()
         check(folder.is_dir() and (folder / "config.json").is_file(),
@@ -207,7 +207,7 @@ class ImageFeatureModel:
             arch = (config.get("architectures") or [""])[0]
             cls = getattr(transformers, arch, None) if arch in (
                 "CLIPModel", "CLIPVisionModel", "CLIPVisionModelWithProjection", "Dinov2Model") else None
-            with _no_progress_bars():
+            with no_progress_bars():
                 model = (cls or transformers.AutoModel).from_pretrained(str(folder), local_files_only=True,
                                                                         dtype=torch.float32)
         except (OSError, ValueError, KeyError) as exc:

@@ -343,9 +343,9 @@ def _training_frame(obj: str, rng: np.random.Generator, digit_pool: Mapping[str,
     """One randomly placed, coloured, warped and degraded rendering of ``obj``."""
     digit = obj.startswith("digit")
     if rng.random() < 0.6:
-        lo, hi = synthetic._DIGIT_SIZE if digit else synthetic._SIZE
+        lo, hi = synthetic.DIGIT_SIZE if digit else synthetic.SIZE
     else:  # the range grow / shrink clips sweep
-        lo, hi = synthetic._GROW_START[0], synthetic._MAX_SIZE
+        lo, hi = synthetic.GROW_START[0], synthetic.MAX_SIZE
     extent = rng.uniform(lo, hi) * size
     half = extent / 2 + 1
     centre = rng.uniform(half, size - half, size=2)
@@ -401,7 +401,7 @@ class ObjectClassifier:
         """``(features (N, CROP*CROP), labels (N,))``, balanced over the objects, deterministic in ``seed``.
         ``digit_instances`` restricts the ``load_digits`` images used (to test unseen handwriting)."""
         check(num_samples >= len(OBJECT_NAMES), f"num_samples must be >= {len(OBJECT_NAMES)}, got {num_samples}")
-        targets = synthetic._digits()[1]
+        targets = synthetic.digit_images()[1]
         allowed = np.arange(len(targets)) if digit_instances is None else np.asarray(digit_instances)
         pool = {f"digit{d}": allowed[targets[allowed] == d] for d in range(10)}
         check(all(len(v) for v in pool.values()), "digit_instances must include every digit")
@@ -589,15 +589,15 @@ class MotionThresholds:
 def motion_thresholds(duration: float, frame_size: int) -> MotionThresholds:
     """Half the smallest change the generator makes in ``duration`` seconds (frame of ``frame_size`` px).
 
-    Translation: the slowest drift is ``_SPEED[0]`` frame widths per second, capped by the room left by the
+    Translation: the slowest drift is ``SPEED[0]`` frame widths per second, capped by the room left by the
     largest object (``1 - _DIGIT_SIZE[1]`` of the frame, less 2 px); 9 frames at 2 fps (4 s) at 64 px -> 11.5 px.
-    Size: the least growth starts at ``_GROW_START[1]`` and gains ``_GROW_RATE[0]`` per second (capped at
-    ``_MAX_SIZE``), a factor 1.9 in 4 s; the threshold is half of it in log terms (factor 1.38). A still
+    Size: the least growth starts at ``GROW_START[1]`` and gains ``GROW_RATE[0]`` per second (capped at
+    ``MAX_SIZE``), a factor 1.9 in 4 s; the threshold is half of it in log terms (factor 1.38). A still
     object changes by neither, so both margins are wide against the judge's ~1 px measurement error.
     """
     s = synthetic
-    travel = min(s._SPEED[0] * duration, 1 - s._DIGIT_SIZE[1] - 2 / frame_size)
-    growth = min(s._GROW_RATE[0] * duration, s._MAX_SIZE - s._GROW_START[1]) / s._GROW_START[1]
+    travel = min(s.SPEED[0] * duration, 1 - s.DIGIT_SIZE[1] - 2 / frame_size)
+    growth = min(s.GROW_RATE[0] * duration, s.MAX_SIZE - s.GROW_START[1]) / s.GROW_START[1]
     return MotionThresholds(translation=0.5 * travel * frame_size, log_size=0.5 * float(np.log1p(growth)))
 
 

@@ -35,7 +35,9 @@ CLIP_FOLDER = ("a local transformers CLIPModel folder (config.json, model weight
                "preprocessor_config.json), e.g. a download of openai/clip-vit-base-patch32")
 
 
-def _image_processor_class():
+def clip_image_processor_class() -> type:
+    """The CLIP image processor class that needs no torchvision: ``CLIPImageProcessorPil`` (transformers >= 5),
+    else ``CLIPImageProcessor``."""
     try:  # transformers >= 5: the PIL backend by name (the default one needs torchvision)
         from transformers import CLIPImageProcessorPil as cls
     except ImportError:  # transformers 4.x
@@ -49,19 +51,19 @@ class ClipScorer:
     def __init__(self, path: PathLike, *, device: str | torch.device | None = None, batch_size: int = 64) -> None:
         from transformers import AutoTokenizer, CLIPModel
 
-        from microcinema.core.text_encoders import _no_progress_bars
+        from microcinema.core.text_encoders import no_progress_bars
 
         folder = Path(path).expanduser()
         check(folder.is_dir() and (folder / "config.json").is_file(),
               f"CLIP: {folder} is not a model folder; need {CLIP_FOLDER}")
         try:
-            with _no_progress_bars():
+            with no_progress_bars():
                 model = CLIPModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
                 tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise MicroCinemaError(
                 f"CLIP: cannot load {folder} ({type(exc).__name__}: {exc}); need {CLIP_FOLDER}") from None
-        processor_cls = _image_processor_class()
+        processor_cls = clip_image_processor_class()
         if (folder / "preprocessor_config.json").is_file():
             processor = processor_cls.from_pretrained(str(folder), local_files_only=True)
         else:  # CLIP's standard preprocessing at the model's input size

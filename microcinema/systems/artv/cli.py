@@ -180,13 +180,13 @@ def _load_pipeline(model: str | None, key_frame_model: str | None):
 
     from microcinema.systems.artv.pipeline import ARTVPipeline
 
-    from microcinema.core.text_encoders import _no_progress_bars
+    from microcinema.core.text_encoders import no_progress_bars
 
     # diffusers' "Loading pipeline components" and transformers' "Loading weights": the command's bars are its own
     was_enabled = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()
     try:
-        with _no_progress_bars():
+        with no_progress_bars():
             if model is None or model == "embedded":
                 return ARTVPipeline.embedded(key_frame_model=key_frame_model)
             return ARTVPipeline.from_pretrained(model, key_frame_model=key_frame_model)

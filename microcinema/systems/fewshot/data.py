@@ -70,7 +70,7 @@ def read_tuning_clips(data: str | os.PathLike, *, num_frames: int, fps: float, s
     """The tuning clips of ``data`` (a caption table or a folder of videos with ``caption``): the first
     ``num_frames`` frames at ``fps`` of each video (Tune-A-Video's sampling from the start), resized and
     centre-cropped to ``size`` (height, width). See the module docstring for what is an error."""
-    from microcinema.data.video_dataset import ClipReader, _Skip
+    from microcinema.data.video_dataset import ClipReader, VideoSkipped
 
     rows = _rows(Path(data), caption)
     check(len(rows) >= MIN_CLIPS, f"only {len(rows)} clip in {data}: few-shot tuning needs at least {MIN_CLIPS} clips "
@@ -80,7 +80,7 @@ def read_tuning_clips(data: str | os.PathLike, *, num_frames: int, fps: float, s
     for i, (file, text, row_fps, where) in enumerate(rows):
         try:
             item = reader.read(file, text, [0, i], row_fps)
-        except _Skip as skip:
+        except VideoSkipped as skip:
             (short if skip.reason == "too_short" else bad).append(f"{where}: {skip.detail}")
             continue
         clips.append(TuningClip(pixels=item["pixel_values"], text=text, file=str(file)))

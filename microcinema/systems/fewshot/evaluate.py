@@ -85,20 +85,20 @@ def _ranges(motion: str, size: int, slack: float) -> dict[str, tuple[float, floa
         return bounds[0] * scale * (1 - slack), bounds[1] * scale * (1 + slack)
 
     if motion == "bounce":
-        return {"period": widen(s._BOUNCE_PERIOD), "height": widen(s._BOUNCE_HEIGHT, size)}
+        return {"period": widen(s.BOUNCE_PERIOD), "height": widen(s.BOUNCE_HEIGHT, size)}
     if motion == "circling":
-        return {"period": widen(s._CIRCLE_PERIOD), "radius": widen(s._CIRCLE_RADIUS, size)}
+        return {"period": widen(s.CIRCLE_PERIOD), "radius": widen(s.CIRCLE_RADIUS, size)}
     if motion == "zigzag":
-        return {"period": widen(s._ZIGZAG_PERIOD), "amplitude": widen(s._ZIGZAG_AMPLITUDE, size),
-                "speed": widen(s._SPEED, size)}
-    return {"speed": widen(s._DIAGONAL_SPEED, size)}
+        return {"period": widen(s.ZIGZAG_PERIOD), "amplitude": widen(s.ZIGZAG_AMPLITUDE, size),
+                "speed": widen(s.SPEED, size)}
+    return {"speed": widen(s.DIAGONAL_SPEED, size)}
 
 
 def _templates(motion: str, times: np.ndarray, ranges: dict[str, tuple[float, float]]
                ) -> list[tuple[dict[str, float], list[tuple[str, np.ndarray, tuple[float, float]]]]]:
     """For each point of the nonlinear grid (period, phase): its values and the linear terms
     ``(name, basis (F, 2), bounds)``; terms of one point act on different axes (independent least squares)."""
-    from microcinema.data.synthetic import _triangle
+    from microcinema.data.synthetic import triangle_wave
 
     f = len(times)
     out = []
@@ -114,7 +114,7 @@ def _templates(motion: str, times: np.ndarray, ranges: dict[str, tuple[float, fl
                 terms = [("radius", np.stack([np.cos(angle), np.sin(angle)], 1), ranges["radius"])]
             else:  # zigzag: rightward at a speed, a triangle wave up first
                 terms = [("speed", np.stack([times, np.zeros(f)], 1), ranges["speed"]),
-                         ("amplitude", np.stack([np.zeros(f), -_triangle(u)], 1), ranges["amplitude"])]
+                         ("amplitude", np.stack([np.zeros(f), -triangle_wave(u)], 1), ranges["amplitude"])]
             out.append(({"period": float(period), "phase": float(phase)}, terms))
     return out
 

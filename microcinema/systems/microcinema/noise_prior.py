@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from microcinema.core.diffusion import _timestep_coefficients, add_noise, alphas_cumprod_of
+from microcinema.core.diffusion import add_noise, alphas_cumprod_of, timestep_coefficients
 from microcinema.core.errors import check
 
 #: MicroCinema's best setting (paper Fig. 5).
@@ -97,7 +97,7 @@ def replace_signal_at_high_noise(z0: Tensor, replacement: Tensor | None, noise: 
     check(noise.shape == z0.shape, f"noise shape {tuple(noise.shape)} differs from z0 shape {tuple(z0.shape)}")
     if start is None:
         return add_noise(z0, noise, timesteps, scheduler), noise
-    a, b = _timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), z0)
+    a, b = timestep_coefficients(timesteps, alphas_cumprod_of(scheduler), z0)
     replacement = replacement.to(z0.dtype).expand_as(z0)
     hide = (timesteps.to(z0.device) >= start).view(-1, *[1] * (z0.ndim - 1))
     z_t = a * torch.where(hide, replacement, z0) + b * noise
