@@ -77,7 +77,7 @@ def _at_least_one_step(steps: int, strength: float) -> float:
 
 
 def _refine_steps(steps: int, strength: float) -> int:
-    """How many network calls a refinement pass of ``strength`` makes per step of the schedule (0: off)."""
+    """How many network calls a refinement pass of ``strength`` makes in a ``steps``-step schedule (0: off)."""
     return round(steps * _at_least_one_step(steps, strength)) if strength > 0 else 0
 
 
