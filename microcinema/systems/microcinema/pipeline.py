@@ -57,10 +57,10 @@ from microcinema.core.errors import MicroCinemaError, check
 from microcinema.core.guidance import cfg_eps_model
 from microcinema.core.replacement import centre_frame_mask, mean_anchor_eps_model, replacement_eps_model
 from microcinema.core.samplers import SAMPLERS, SCHEDULER_LOOP
-from microcinema.core.text_encoders import TextEncoder
 from microcinema.models.unet3d import VideoUNet
 from microcinema.pipelines.base import (VideoDiffusionPipeline, VideoPipelineOutput, check_count, check_negative_prompt,
-                                        check_output_type, fresh_generator, sd_scheduler)
+                                        check_output_type, fresh_generator, load_stable_diffusion,
+                                        sd_scheduler)
 from microcinema.pipelines.key_frame import KeyFrameModel, load_image, load_key_frame_model
 from microcinema.pipelines.text_to_image import check_prompts, check_steps, cond_eps_model, unet_text_cond
 from microcinema.systems.microcinema.interpolation import INTERPOLATION_FACTOR, clip_starts, interpolation_condition, join_clips
@@ -190,17 +190,10 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                  interp_anchor_means: bool = False, refine_strength: float = 0.0, text_max_length: int | None = None,
                  decode_chunk_size: int = 16) -> None:
         super().__init__()
-        wrapper = None
-        if isinstance(text_encoder, TextEncoder):  # a wrapped encoder: register its transformers parts
-            wrapper, tokenizer, text_encoder = text_encoder, tokenizer or text_encoder.tokenizer, text_encoder.model
-            if not type(text_encoder).__name__.startswith("CLIPTextModel"):
-                text_max_length = text_max_length or wrapper.max_length
         scheduler = scheduler if scheduler is not None else sd_scheduler()
-        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                              interp_unet=interp_unet, key_frame_unet=key_frame_unet)
-        for module in (unet, vae, text_encoder, interp_unet, key_frame_unet):
-            if isinstance(module, torch.nn.Module):
-                module.eval()
+        text_max_length = self.register_components(
+            text_max_length, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+            interp_unet=interp_unet, key_frame_unet=key_frame_unet)
         _check_sampler(sampler)
         if key_frame_sampler is not None:
             _check_sampler(key_frame_sampler, "key_frame_sampler")
@@ -218,10 +211,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                         max_num_frames=max_num_frames, pin_key_frame=bool(pin_key_frame),
                         interp_anchor_means=bool(interp_anchor_means), refine_strength=_check_strength(refine_strength),
                         text_max_length=text_max_length, decode_chunk_size=int(decode_chunk_size))
-        self.register_to_config(**settings)
-        for name, value in settings.items():  # attributes too; assigning one later updates the config
-            setattr(self, name, value)
-        self._text_wrapper = wrapper if wrapper is not None and wrapper.model is text_encoder else None
+        self.register_settings(**settings)
         self._key_frame_model = key_frame_model
 
     # ------------------------------------------------------------------ building
@@ -251,18 +241,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         ``microcinema train video`` from that checkpoint) or, if None, the checkpoint's U-Net freshly inflated
         (temporal layers and AppearNet injections zero-initialised: frame by frame it is SD, section 3.1).
         ``settings`` are the pipeline's (``sampler``, ``guidance_scale``, ...)."""
-        from diffusers import DiffusionPipeline
-
-        try:
-            sd = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype,
-                                                   safety_checker=None, requires_safety_checker=False)
-        except Exception as error:  # diffusers raises many kinds: missing files, bad configs, no network
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise MicroCinemaError(f"cannot load a Stable Diffusion pipeline from {str(pretrained_model_name_or_path)!r}:"
-                                   f" {first}") from None
-        missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(sd, n, None) is None]
-        check(not missing, f"{pretrained_model_name_or_path} has no {', '.join(missing)}: give a Stable Diffusion "
-                           "(text-to-image) pipeline folder or hub id")
+        sd = load_stable_diffusion(pretrained_model_name_or_path, torch_dtype)
         if unet is None:  # a separate copy: stage one keeps SD's U-Net as it is
             unet = VideoUNet.from_pretrained_2d(copy.deepcopy(sd.unet))
         return cls(unet, sd.vae, sd.text_encoder, sd.tokenizer, scheduler=sd.scheduler, interp_unet=interp_unet,
