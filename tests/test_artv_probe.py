@@ -21,8 +21,9 @@ def test_shipped_config_probes_apart_from_the_benchmark_prompts():
     parsed = parse_artv_config(load_config("artv"))
     probe = parsed.probe
     assert isinstance(probe, ARTVProbe) and probe.every == 1000 and probe.prompt_seed != 999
-    captions = {s.caption for seq in benchmark_sequences(8, seed=probe.prompt_seed, frames_per_segment=8,
-                                                         num_segments=2) for s in seq}
+    captions = {s.caption for seq in benchmark_sequences(probe.num_sequences, seed=probe.prompt_seed,
+                                                         frames_per_segment=probe.frames_per_segment,
+                                                         num_segments=probe.num_segments) for s in seq}
     benchmark = {s.caption for seq in benchmark_sequences(50) for s in seq}
     assert len(captions - benchmark) > len(captions) // 2  # mostly other prompts than the benchmark's
 

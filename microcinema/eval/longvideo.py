@@ -300,8 +300,8 @@ def main_rates(summary: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def make_probe(vae: Any, text_encoder: Any = "minilm", scheduler: Any = None, *, num_sequences: int = 8,
-               frames_per_segment: int = 8, num_segments: int = 2, steps: int = 10, fps: float = 8.0,
+def make_probe(vae: Any, text_encoder: Any = "minilm", scheduler: Any = None, *, num_sequences: int = 6,
+               frames_per_segment: int = 6, num_segments: int = 2, steps: int = 6, fps: float = 8.0,
                size: int = 64, prompt_seed: int = 555, seed: int = 0, heldout_fraction: float = 0.25,
                **pipeline_settings: Any) -> Callable[[Any, int], dict[str, float | None]]:
     """``probe(model, step) -> {name: number}`` (:func:`main_rates`) for
