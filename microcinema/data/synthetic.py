@@ -148,10 +148,6 @@ GROW_START = (0.16, 0.22)
 GROW_RATE = (0.05, 0.07)
 #: Largest extent of a growing object (the start of a shrinking one): caps the drawn ``GROW_RATE``.
 MAX_SIZE = 0.6
-# The former private names, still read by microcinema/eval/longvideo.py (edited elsewhere in issue 17/18 at the
-# time of the rename); drop them once it uses the public names.
-_SPEED, _SIZE, _DIGIT_SIZE = SPEED, SIZE, DIGIT_SIZE
-_GROW_START, _GROW_RATE, _MAX_SIZE = GROW_START, GROW_RATE, MAX_SIZE
 _SUPERSAMPLE = 4
 
 

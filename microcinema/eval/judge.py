@@ -590,7 +590,7 @@ def motion_thresholds(duration: float, frame_size: int) -> MotionThresholds:
     """Half the smallest change the generator makes in ``duration`` seconds (frame of ``frame_size`` px).
 
     Translation: the slowest drift is ``SPEED[0]`` frame widths per second, capped by the room left by the
-    largest object (``1 - _DIGIT_SIZE[1]`` of the frame, less 2 px); 9 frames at 2 fps (4 s) at 64 px -> 11.5 px.
+    largest object (``1 - DIGIT_SIZE[1]`` of the frame, less 2 px); 9 frames at 2 fps (4 s) at 64 px -> 11.5 px.
     Size: the least growth starts at ``GROW_START[1]`` and gains ``GROW_RATE[0]`` per second (capped at
     ``MAX_SIZE``), a factor 1.9 in 4 s; the threshold is half of it in log terms (factor 1.38). A still
     object changes by neither, so both margins are wide against the judge's ~1 px measurement error.

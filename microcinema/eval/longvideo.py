@@ -91,17 +91,17 @@ def sample_sequence(index: int, *, seed: int = 999, split: str = "train", motion
     segment_of = np.arange(total) // frames_per_segment
     step_motion = [motions[segment_of[i]] for i in range(1, total)]  # step i-1 -> i moves as frame i's segment
 
-    speed = rng.uniform(*synthetic._SPEED) * size / fps  # px per frame
-    rate = rng.uniform(*synthetic._GROW_RATE) * size / fps
+    speed = rng.uniform(*synthetic.SPEED) * size / fps  # px per frame
+    rate = rng.uniform(*synthetic.GROW_RATE) * size / fps
     growth = np.concatenate([[0.0], np.cumsum([rate if m == "grow" else -rate if m == "shrink" else 0.0
                                                for m in step_motion])])
     if growth.any():  # start small enough to grow, large enough to shrink, capped at the domain's largest size
-        low = rng.uniform(*synthetic._GROW_START) * size
+        low = rng.uniform(*synthetic.GROW_START) * size
         sizes = low - growth.min() + growth
-        if sizes.max() > synthetic._MAX_SIZE * size:
-            sizes = low + (growth - growth.min()) * (synthetic._MAX_SIZE * size - low) / np.ptp(growth)
+        if sizes.max() > synthetic.MAX_SIZE * size:
+            sizes = low + (growth - growth.min()) * (synthetic.MAX_SIZE * size - low) / np.ptp(growth)
     else:
-        lo, hi = synthetic._DIGIT_SIZE if first.digit_instance is not None else synthetic._SIZE
+        lo, hi = synthetic.DIGIT_SIZE if first.digit_instance is not None else synthetic.SIZE
         sizes = np.full(total, rng.uniform(lo, hi) * size)
 
     half = sizes.max() / 2 + 1
@@ -112,7 +112,7 @@ def sample_sequence(index: int, *, seed: int = 999, split: str = "train", motion
                  for m in step_motion for sign in [_TRANSLATION.get(m, (0, 0))[1]]]
         path = np.concatenate([[0.0], np.cumsum(steps)])
         if np.ptp(path) > room:  # slow this axis down to fit, but not below the domain's slowest speed
-            check(speed * room / np.ptp(path) * fps / size >= synthetic._SPEED[0],
+            check(speed * room / np.ptp(path) * fps / size >= synthetic.SPEED[0],
                   f"motions {motions} leave the frame: a path of {np.ptp(path):.0f} px along "
                   f"{'xy'[axis]} does not fit the {room:.0f} px of room even at the domain's slowest speed; "
                   "let the motions turn back (e.g. left, up, right, still)")
