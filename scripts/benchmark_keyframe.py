@@ -6,7 +6,7 @@ the same process, the runs interleaved (one of each in turn), and the ratio prin
 speed drifts, the ratio is the number to trust.
 
     python scripts/benchmark_keyframe.py --runs 7 --steps 25
-    python scripts/benchmark_keyframe.py --model runs/t2i_long/final --reference embedded --runs 15
+    python scripts/benchmark_keyframe.py --model runs/t2i/final --reference embedded --runs 15
 """
 
 from __future__ import annotations

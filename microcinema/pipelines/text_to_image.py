@@ -93,10 +93,14 @@ def cond_eps_model(unet: Any, prediction_type: str = "epsilon", alphas_cumprod: 
     check_prediction_type(prediction_type)
 
     def eps_with_cond(z: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        # the U-Net's dtype and device for every float input (text states, AppearNet condition); masks keep theirs
-        cast = {k: v.to(unet.device, unet.dtype) if torch.is_tensor(v) and v.is_floating_point()
-                else v.to(unet.device) if torch.is_tensor(v) else v for k, v in cond.items()}
-        out = unet(z.to(unet.device, unet.dtype), t.to(unet.device), **cast).sample.float().to(z.device)
+        # the U-Net's dtype and device for every float input (text states, AppearNet condition); masks keep theirs.
+        # Read from the first parameter: diffusers' ModelMixin.device/.dtype walk every submodule (group-offload
+        # hooks), which costs more per step than a small U-Net's forward pass.
+        weight = next(unet.parameters())
+        device, dtype = weight.device, weight.dtype
+        cast = {k: v.to(device, dtype) if torch.is_tensor(v) and v.is_floating_point()
+                else v.to(device) if torch.is_tensor(v) else v for k, v in cond.items()}
+        out = unet(z.to(device, dtype), t.to(device), **cast).sample.float().to(z.device)
         return out if prediction_type == "epsilon" else eps_from_prediction(out, z, t, prediction_type, alphas_cumprod)
 
     return eps_with_cond
