@@ -34,6 +34,7 @@ def test_shipped_config_probes_apart_from_the_benchmark_prompts():
     ({"every": 0}, "every must be an integer >= 1"),
     ({"every": 10, "frames_per_segment": 1}, "frames_per_segment must be an integer >= 2"),
     ({"every": 10, "seed": -1}, "seed must be an integer >= 0"),
+    ({"every": 10, "pipeline": {"guidance": 2.0}}, "pipeline must map settings among sampler"),
 ])
 def test_bad_probe_sections_are_one_line_errors(probe, message):
     config = {**load_config("artv"), "probe": probe}
@@ -107,3 +108,32 @@ def test_probed_run_trains_exactly_as_an_unprobed_one_and_plots(tmp_path):
     assert set(MAIN_RATES) <= set(records[0])
     assert (tmp_path / "probed" / "probe.png").stat().st_size > 0
     assert not (tmp_path / "plain" / "probe.jsonl").exists()
+
+
+def test_probe_pipeline_settings_reach_the_pipeline(monkeypatch):
+    """``probe: pipeline:`` sets the probe's sampling (sampler, guidance, reference level) instead of the paper's."""
+    import microcinema.systems.artv.pipeline as artv_pipeline
+
+    config = {**load_config("artv"), "probe": {"every": 5, "pipeline": {"sampler": "ddim", "ref_noise_level": 0}}}
+    parsed = parse_artv_config(config)
+    assert parsed.probe.pipeline == {"sampler": "ddim", "ref_noise_level": 0}
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_pipeline(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(artv_pipeline, "ARTVPipeline", fake_pipeline)
+    probe = make_probe(torch.nn.Identity(), text_encoder=object(), num_sequences=1, **parsed.probe.pipeline)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    with pytest.raises(Stop):
+        probe(Model(), 0)
+    assert seen["sampler"] == "ddim" and seen["ref_noise_level"] == 0 and seen["num_inference_steps"] == 6

@@ -292,6 +292,10 @@ class KeyFrameProbe:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
 
 
+#: The ART-V pipeline settings a probe may set (``probe: pipeline:``).
+ARTV_PROBE_SETTINGS = ("sampler", "guidance_scale", "ref_guidance_scale", "anchor_guidance_scale", "ref_noise_level")
+
+
 @dataclass
 class ARTVProbe:
     """``probe:`` of an ART-V config on procedural data: every ``every`` steps the EMA weights make
@@ -310,8 +314,15 @@ class ARTVProbe:
     steps: int = 6
     prompt_seed: int = 555
     seed: int = 0
+    #: sampling settings of the probe's pipeline (keys of :data:`ARTV_PROBE_SETTINGS`); unset: the pipeline's
+    #: (the paper's) defaults
+    pipeline: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.pipeline) - set(ARTV_PROBE_SETTINGS)) if isinstance(self.pipeline, dict) else None
+        if unknown is None or unknown:
+            raise ValueError(f"pipeline must map settings among {', '.join(ARTV_PROBE_SETTINGS)} to values, got "
+                             f"{self.pipeline!r}")
         for name in ("every", "steps", "num_sequences", "num_segments"):
             if not _is_step(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")

@@ -234,7 +234,8 @@ def train(config: dict[str, Any], output_dir: str | Path, export: str | Path | N
         probe = make_probe(vae, components["text_encoder"], scheduler, num_sequences=parsed.probe.num_sequences,
                            frames_per_segment=parsed.probe.frames_per_segment,
                            num_segments=parsed.probe.num_segments, steps=parsed.probe.steps, fps=parsed.data.fps,
-                           size=parsed.data.size, prompt_seed=parsed.probe.prompt_seed, seed=parsed.probe.seed)
+                           size=parsed.data.size, prompt_seed=parsed.probe.prompt_seed, seed=parsed.probe.seed,
+                           **parsed.probe.pipeline)
     trainer = Trainer(model, cache, loss_fn, train_settings, param_groups=groups, local_data=local, probe=probe)
     result = trainer.train()
     if trainer.accelerator.is_main_process:

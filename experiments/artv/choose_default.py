@@ -1,0 +1,118 @@
+"""Choose the embedded ART-V model's default sampler, steps and guidance from measurements (issue 17 item 6).
+
+The paper samples every frame with DPM++ 2S ancestral at 50 steps (appendix A), two model evaluations per step,
+with the compositional guidance of eq. 8 (four branches batched). On a 2-core CPU that is far from the issue's
+0.5 s per frame, so this script times and judges candidate settings on a *tuning* set of prompt sequences
+(prompt seed 555, apart from the long-video benchmark's 999 on which the chosen setting is then reported):
+
+    python experiments/artv/choose_default.py --model runs/artv --out runs/artv_choose
+
+Each row: ``num_sequences`` videos of ``num_segments`` x ``frames_per_segment`` frames, frame 0 the ground
+truth's (so only the auto-regressive model is measured), the same seed for every row; seconds per frame (wall
+and this process's CPU time, both threads) and the long-video measures (:func:`~microcinema.eval.longvideo.main_rates`).
+Writes ``choose.md`` and ``choose.json`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablations import COLUMNS, load_artv  # noqa: E402
+
+from microcinema.eval.drift import measure_drift  # noqa: E402
+from microcinema.eval.judge import default_object_classifier  # noqa: E402
+from microcinema.eval.longvideo import artv_video_fn, benchmark_sequences, main_rates, summarise  # noqa: E402
+
+#: (label, sampler, steps, guidance weights (text, ref, anchor), reference noise level)
+CANDIDATES: tuple[tuple[str, str, int, tuple[float, float, float], int], ...] = (
+    ("2s_a_6", "dpmpp_2s_ancestral", 6, (6.5, 0.25, 0.25), 200),
+    ("2s_a_4", "dpmpp_2s_ancestral", 4, (6.5, 0.25, 0.25), 200),
+    ("ddim_6", "ddim", 6, (6.5, 0.25, 0.25), 200),
+    ("ddim_10", "ddim", 10, (6.5, 0.25, 0.25), 200),
+    ("dpmpp_2m_6", "dpmpp_2m", 6, (6.5, 0.25, 0.25), 200),
+    ("ddim_10_level0", "ddim", 10, (6.5, 0.25, 0.25), 0),
+    ("ddim_10_level100", "ddim", 10, (6.5, 0.25, 0.25), 100),
+    ("ddim_10_text_only", "ddim", 10, (6.5, 0.0, 0.0), 200),
+    ("ddim_10_w3", "ddim", 10, (3.0, 0.25, 0.25), 200),
+)
+
+
+def run(model: str, out: Path, *, num_sequences: int, num_segments: int, frames_per_segment: int,
+        prompt_seed: int, seed: int, only: list[str] | None) -> list[dict[str, Any]]:
+    pipe = load_artv(model)
+    pipe.set_progress_bar_config(disable=True)
+    classifier = default_object_classifier()
+    sequences = benchmark_sequences(num_sequences, seed=prompt_seed, num_segments=num_segments,
+                                    frames_per_segment=frames_per_segment)
+    frames_total = num_sequences * num_segments * frames_per_segment
+    rows = []
+    for label, sampler, steps, (w_text, w_ref, w_anchor), level in CANDIDATES:
+        if only and label not in only:
+            continue
+        pipe.sampler = sampler  # a pipeline setting (register_settings), not a call argument
+        make_video = artv_video_fn(pipe, num_inference_steps=steps, guidance_scale=w_text,
+                                   ref_guidance_scale=w_ref, anchor_guidance_scale=w_anchor, ref_noise_level=level)
+        wall, cpu, reports = 0.0, 0.0, []
+        for segments in sequences:
+            t0, c0 = time.perf_counter(), time.process_time()
+            frames = make_video(segments, seed)
+            wall += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            reports.append(measure_drift(frames, segments, classifier=classifier))
+        row = {"label": label, "sampler": sampler, "steps": steps, "guidance": [w_text, w_ref, w_anchor], "ref_noise_level": level,
+               "seconds": round(wall / frames_total, 3), "cpu_seconds": round(cpu / frames_total, 3),
+               **main_rates(summarise(reports))}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "choose.json").write_text(json.dumps({"model": model, "num_sequences": num_sequences,
+                                                 "num_segments": num_segments, "frames_per_segment": frames_per_segment,
+                                                 "prompt_seed": prompt_seed, "seed": seed,
+                                                 "threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
+    lines = [f"# ART-V sampler and steps on the tuning set (prompt seed {prompt_seed})", "",
+             f"model `{model}`, {num_sequences} sequences x {num_segments} segments x {frames_per_segment} frames, "
+             f"frame 0 the ground truth's, seed {seed}, torch threads {torch.get_num_threads()}", "",
+             "| row | sampler | steps | guidance text/ref/anchor | ref level | s/frame (wall) | s/frame (CPU) | "
+             + " | ".join(c[0] for c in COLUMNS if c[1] != "seconds") + " |",
+             "|---" * (6 + sum(1 for c in COLUMNS if c[1] != "seconds")) + "|---|"]
+    for r in rows:
+        cells = []
+        for _, key, kind in COLUMNS:
+            if key == "seconds":
+                continue
+            v = r.get(key)
+            cells.append("-" if v is None else (f"{100 * v:.0f} %" if kind == "pct" else f"{v:.2f}"))
+        lines.append(f"| {r['label']} | {r['sampler']} | {r['steps']} | {'/'.join(str(w) for w in r['guidance'])} | {r['ref_noise_level']} | "
+                     f"{r['seconds']:.3f} | {r['cpu_seconds']:.3f} | " + " | ".join(cells) + " |")
+    (out / "choose.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="embedded, a pipeline folder or a training run folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--num-sequences", type=int, default=6)
+    parser.add_argument("--num-segments", type=int, default=3)
+    parser.add_argument("--frames-per-segment", type=int, default=8)
+    parser.add_argument("--prompt-seed", type=int, default=555)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", default=None, help="row labels to run (default: all)")
+    args = parser.parse_args(argv)
+    np.random.seed(0)
+    run(args.model, args.out, num_sequences=args.num_sequences, num_segments=args.num_segments,
+        frames_per_segment=args.frames_per_segment, prompt_seed=args.prompt_seed, seed=args.seed, only=args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
