@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import COLUMNS, load_artv  # noqa: E402
+from ablations import COLUMNS, _fmt, load_artv  # noqa: E402
 
 from microcinema.eval.drift import measure_drift  # noqa: E402
 from microcinema.eval.judge import default_object_classifier  # noqa: E402
@@ -44,6 +43,8 @@ CANDIDATES: tuple[tuple[str, str, int, tuple[float, float, float], int], ...] = 
     ("ddim_10_text_only", "ddim", 10, (6.5, 0.0, 0.0), 200),
     ("ddim_10_w3", "ddim", 10, (3.0, 0.25, 0.25), 200),
 )
+#: The long-video measures of the table (the ablation table's columns but its seconds per video).
+MEASURES = tuple(c for c in COLUMNS if c[1] != "seconds")
 
 
 def run(model: str, out: Path, *, num_sequences: int, num_segments: int, frames_per_segment: int,
@@ -82,15 +83,10 @@ def run(model: str, out: Path, *, num_sequences: int, num_segments: int, frames_
              f"model `{model}`, {num_sequences} sequences x {num_segments} segments x {frames_per_segment} frames, "
              f"frame 0 the ground truth's, seed {seed}, torch threads {torch.get_num_threads()}", "",
              "| row | sampler | steps | guidance text/ref/anchor | ref level | s/frame (wall) | s/frame (CPU) | "
-             + " | ".join(c[0] for c in COLUMNS if c[1] != "seconds") + " |",
-             "|---" * (6 + sum(1 for c in COLUMNS if c[1] != "seconds")) + "|---|"]
+             + " | ".join(label for label, _, _ in MEASURES) + " |",
+             "|---" * (7 + len(MEASURES)) + "|"]
     for r in rows:
-        cells = []
-        for _, key, kind in COLUMNS:
-            if key == "seconds":
-                continue
-            v = r.get(key)
-            cells.append("-" if v is None else (f"{100 * v:.0f} %" if kind == "pct" else f"{v:.2f}"))
+        cells = [_fmt(r.get(key), kind) for _, key, kind in MEASURES]
         lines.append(f"| {r['label']} | {r['sampler']} | {r['steps']} | {'/'.join(str(w) for w in r['guidance'])} | {r['ref_noise_level']} | "
                      f"{r['seconds']:.3f} | {r['cpu_seconds']:.3f} | " + " | ".join(cells) + " |")
     (out / "choose.md").write_text("\n".join(lines) + "\n")
@@ -108,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=None, help="row labels to run (default: all)")
     args = parser.parse_args(argv)
-    np.random.seed(0)
     run(args.model, args.out, num_sequences=args.num_sequences, num_segments=args.num_segments,
         frames_per_segment=args.frames_per_segment, prompt_seed=args.prompt_seed, seed=args.seed, only=args.only)
     return 0

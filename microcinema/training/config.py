@@ -319,8 +319,7 @@ class ARTVProbe:
     pipeline: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.pipeline) - set(ARTV_PROBE_SETTINGS)) if isinstance(self.pipeline, dict) else None
-        if unknown is None or unknown:
+        if not isinstance(self.pipeline, dict) or set(self.pipeline) - set(ARTV_PROBE_SETTINGS):
             raise ValueError(f"pipeline must map settings among {', '.join(ARTV_PROBE_SETTINGS)} to values, got "
                              f"{self.pipeline!r}")
         for name in ("every", "steps", "num_sequences", "num_segments"):
