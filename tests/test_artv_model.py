@@ -233,6 +233,18 @@ def test_training_frames_references_and_anchor_window():
         sample_frames(1, 4)
 
 
+def test_turning_clips_train_only_their_captioned_frames():
+    lead_in = torch.tensor([0, 1, 5, 14] * 5000)
+    choice = sample_frames(16, 20000, torch.Generator().manual_seed(0), lead_in=lead_in)
+    for k in (0, 1, 5, 14):
+        cur = choice.current[lead_in == k]
+        assert int(cur.min()) == max(1, k) and int(cur.max()) == 15  # every captioned frame, no lead-in frame
+    assert torch.equal(choice.refs[:, 0], choice.current - 1)  # references may lie in the lead-in
+    assert bool((choice.refs[lead_in == 5, 0] == 4).any())
+    with pytest.raises(MicroCinemaError, match="lead_in must be"):
+        sample_frames(16, 3, lead_in=torch.zeros(2))
+
+
 def test_condition_dropout_rates_are_independent():
     n = 40000
     keep = sample_condition_dropout(n, torch.Generator().manual_seed(0))

@@ -115,6 +115,8 @@ def test_shipped_config_parses_and_starts_from_the_embedded_t2i():
     ({"data": {"type": "procedural", "num": 4, "seed": 0}}, "lacks num_frames, fps"),
     ({"data": {"type": "procedural", "num": 4, "seed": 0, "num_frames": 1, "fps": 8}}, "at least 2 frames"),
     ({"phases": []}, "unknown key 'phases' in section 'top level'"),
+    ({"data": {"type": "procedural", "num": 4, "seed": 0, "num_frames": 8, "fps": 8, "turn_fraction": 2}},
+     "turn_fraction must be a number in"),
 ])
 def test_bad_configs_are_one_line_errors(change, message):
     config = {**load_config("artv"), **change}
@@ -149,6 +151,9 @@ def test_training_runs_exports_and_resumes(tmp_path, capsys):
     log = [json.loads(line) for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor([r["loss"], r["mask_mean"]])).all() for r in log)
+    assert config["data"]["turn_fraction"] > 0  # the embedded recipe's turning clips reach the loss via the cache
+    cached = load_file(str(tmp_path / "run" / "latents.safetensors"))
+    assert cached["lead_in"].shape == (4,) and int(cached["lead_in"].max()) <= 4
     weights = load_file(str(tmp_path / "export" / "diffusion_pytorch_model.safetensors"))
     assert {v.dtype for v in weights.values()} == {torch.float16}
     record = json.loads((tmp_path / "export" / "training.json").read_text())
@@ -166,6 +171,15 @@ def test_training_runs_exports_and_resumes(tmp_path, capsys):
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{"):])["steps"] == 4
+
+
+def test_loss_skips_a_turning_clips_lead_in():
+    cache, batch = fake_cache_and_batch()
+    model = RecordingModel(torch.zeros(B, C, H, W))
+    batch["lead_in"] = torch.full((B,), FRAMES - 1)
+    make_loss(cache, 1.0)(model, batch, torch.Generator().manual_seed(0))
+    rows = torch.arange(B)
+    assert torch.equal(model.calls[0]["refs"][:, 0], batch["latent_mean"][rows, :, FRAMES - 2])
 
 
 @pytest.mark.parametrize("num_references", [1, 3])

@@ -12,6 +12,7 @@ from microcinema.data.synthetic import (
     MOTIONS,
     OBJECTS,
     make_clip,
+    render_clip,
     render_mask,
     sample_clip,
     train_combos,
@@ -137,3 +138,35 @@ def test_digit_weight_changes_how_often_digits_are_drawn_and_defaults_to_the_dom
     assert abs(digit_share(digit_weight=0.8) - 2 / 3) < 0.05  # 8 against 4
     with pytest.raises(MicroCinemaError, match="digit_weight must be a positive number"):
         sample_clip(0, digit_weight=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ turning clips
+
+
+def test_turning_clips_lead_in_another_motion_into_the_captioned_clip():
+    from microcinema.data.synthetic import LEAD_IN_MOTIONS, sample_turning_clip
+    from microcinema.eval.judge import estimate_motion, judge_frames
+
+    seen_lead_ins, seen_motions = set(), set()
+    for index in range(40):
+        spec = sample_turning_clip(index, seed=3, num_frames=16, fps=8.0, size=64)
+        k = spec.lead_in
+        assert 1 <= k <= 14 and spec.lead_in_motion in LEAD_IN_MOTIONS and spec.lead_in_motion != spec.motion
+        part = sample_clip(index, seed=3, num_frames=16 - k, fps=8.0, size=64)  # the captioned part, exactly
+        assert (spec.caption, spec.motion, spec.colour) == (part.caption, part.motion, part.colour)
+        assert np.allclose(spec.centers[k:], part.centers) and np.allclose(spec.sizes[k:], part.sizes)
+        centers = np.array(spec.centers)
+        half = spec.sizes[0] / 2 + 1
+        assert (centers >= half - 1e-9).all() and (centers <= 64 - half + 1e-9).all()
+        assert spec == sample_turning_clip(index, seed=3, num_frames=16, fps=8.0, size=64)
+        seen_lead_ins.add(k)
+        seen_motions.add(spec.lead_in_motion)
+        if k >= 6 and spec.lead_in_motion != "still":  # the judge sees the lead-in's own motion in its frames
+            frames = render_clip(spec)[: k + 1]
+            judged = judge_frames(frames)
+            motion, _, _ = estimate_motion(np.arange(k + 1) / 8.0, np.array([j.center for j in judged]),
+                                           np.array([j.size for j in judged]), 64)
+            assert motion == spec.lead_in_motion, (index, motion, spec.lead_in_motion)
+    assert len(seen_lead_ins) >= 8 and seen_motions == set(LEAD_IN_MOTIONS)
+    with pytest.raises(MicroCinemaError, match="num_frames >= 3"):
+        sample_turning_clip(0, num_frames=2)

@@ -94,3 +94,16 @@ def test_bad_settings_fail_before_writing(tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(MicroCinemaError, match="allowed are train, heldout"):
         SyntheticVideoDataset(3, split="test")
+
+
+def test_turn_fraction_mixes_turning_clips_and_carries_lead_in():
+    plain = SyntheticVideoDataset(12, seed=5, num_frames=8, fps=8.0, size=32)
+    mixed = SyntheticVideoDataset(12, seed=5, num_frames=8, fps=8.0, size=32, turn_fraction=0.5)
+    assert "lead_in" not in plain[0]
+    lead_ins = [mixed[i]["lead_in"] for i in range(12)]
+    assert 0 in lead_ins and any(k > 0 for k in lead_ins)
+    for i, k in enumerate(lead_ins):  # plain items are exactly the plain data set's
+        if k == 0:
+            assert torch.equal(mixed[i]["pixel_values"], plain[i]["pixel_values"])
+    with pytest.raises(MicroCinemaError, match="turn_fraction"):
+        SyntheticVideoDataset(2, turn_fraction=1.5)

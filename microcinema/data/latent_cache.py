@@ -29,7 +29,7 @@ from microcinema.core.errors import MicroCinemaError
 def encode_dataset(dataset: Dataset, vae: Any, text_encoder: Any, *, batch_size: int = 64,
                    progress: bool = True, text_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """Encode every item: ``latent_mean``/``latent_std`` (unscaled VAE posterior), ``text_states`` (fp16) and
-    ``text_mask``; plus ``uncond_states``/``uncond_mask`` (the empty prompt, for classifier-free guidance)."""
+    ``text_mask`` (and ``lead_in`` where the items have it); plus ``uncond_states``/``uncond_mask`` (the empty prompt, for classifier-free guidance)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
     out: dict[str, list[torch.Tensor]] = {"latent_mean": [], "latent_std": [], "text_states": [], "text_mask": []}
     for batch in tqdm(loader, desc="encoding latents and captions", unit="batch", disable=not progress):
@@ -45,6 +45,8 @@ def encode_dataset(dataset: Dataset, vae: Any, text_encoder: Any, *, batch_size:
         out["latent_std"].append(std)
         out["text_states"].append(text.hidden_states.to("cpu", text_dtype))
         out["text_mask"].append(text.attention_mask.cpu())
+        if "lead_in" in batch:  # turning clips: the first frame each caption describes
+            out.setdefault("lead_in", []).append(batch["lead_in"])
     tensors = {k: torch.cat(v) for k, v in out.items()}
     uncond = text_encoder.encode([""])
     tensors["uncond_states"] = uncond.hidden_states.to("cpu", text_dtype)
@@ -53,13 +55,17 @@ def encode_dataset(dataset: Dataset, vae: Any, text_encoder: Any, *, batch_size:
 
 
 def _collate(items: list[dict]) -> dict:
-    return {"pixel_values": torch.stack([i["pixel_values"] for i in items]), "text": [i["text"] for i in items]}
+    batch = {"pixel_values": torch.stack([i["pixel_values"] for i in items]), "text": [i["text"] for i in items]}
+    if "lead_in" in items[0]:
+        batch["lead_in"] = torch.tensor([i["lead_in"] for i in items], dtype=torch.long)
+    return batch
 
 
 class LatentCache(Dataset):
     """A cached encoding (see :func:`encode_dataset`) as a ``Dataset`` of dicts of tensors."""
 
     PER_ITEM = ("latent_mean", "latent_std", "text_states", "text_mask")
+    OPTIONAL = ("lead_in",)  # per item when the data set has it (turning clips, :mod:`microcinema.data.synthetic`)
 
     def __init__(self, tensors: dict[str, torch.Tensor], keys: list[str] | None = None) -> None:
         missing = [k for k in (*self.PER_ITEM, "uncond_states", "uncond_mask") if k not in tensors]
@@ -75,7 +81,7 @@ class LatentCache(Dataset):
         return len(self.tensors["latent_mean"])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item: dict[str, Any] = {k: self.tensors[k][index] for k in self.PER_ITEM}
+        item: dict[str, Any] = {k: self.tensors[k][index] for k in self.PER_ITEM + self.OPTIONAL if k in self.tensors}
         if self.keys is not None:  # the sample's key (real data): the trainer records which samples it saw
             item["key"] = self.keys[index]
         return item

@@ -190,6 +190,8 @@ class ClipSpec:
     centers: list[list[float]] = field(default_factory=list)
     sizes: list[float] = field(default_factory=list)
     digit_instance: int | None = None
+    lead_in: int = 0                       # frames before ``motion`` starts (a turning clip; 0: the whole clip)
+    lead_in_motion: str | None = None      # how the object moves during the lead-in
 
     def to_row(self) -> dict:
         row = asdict(self)
@@ -271,6 +273,50 @@ def sample_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: 
     return ClipSpec(index=index, split=split, seed=seed, colour=colour, object=obj, motion=motion,
                     background=background, caption=caption, fps=float(fps), num_frames=int(num_frames),
                     size=int(size), centers=centers.tolist(), sizes=sizes.tolist(), digit_instance=digit_instance)
+
+
+# ----------------------------------------------------------------------------------------------
+# Turning clips: the caption's motion preceded by a lead-in of another motion
+# ----------------------------------------------------------------------------------------------
+
+_TURN_CODE = 3  # mixed into the seed next to _SPLIT_CODE's 0/1 and _FEWSHOT_CODE's 2
+#: Motions of a lead-in (sizes stay as the captioned part's first frame).
+LEAD_IN_MOTIONS = ("left", "right", "up", "down", "still")
+_DIRECTION = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
+
+
+def sample_turning_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: int = 33, fps: float = 8.0,
+                        size: int = 64, digit_weight: float = DIGIT_WEIGHT) -> ClipSpec:
+    """A clip that turns: ``lead_in`` frames of ``lead_in_motion``, then the caption's motion.
+
+    The captioned part (frames ``lead_in`` .. ``num_frames - 1``, at least 2) is :func:`sample_clip`'s clip
+    ``index`` with that many frames; before it, the object moves another way (a translation at the domain's
+    speeds, or still: :data:`LEAD_IN_MOTIONS` other than the caption's, the first whose path stays inside the
+    frame) and arrives where the captioned part starts. The caption describes the frames from ``lead_in`` on
+    only: a model trained on such clips (ART-V's embedded recipe) sees references that move one way while the
+    text asks for another, as at every prompt change of a multi-prompt video. Deterministic in the same
+    arguments as :func:`sample_clip`; ``lead_in`` is uniform in ``[1, num_frames - 2]``.
+    """
+    _check_render_args(num_frames, fps, size)
+    check(num_frames >= 3, f"a turning clip needs num_frames >= 3 (a lead-in and two captioned frames), got {num_frames}")
+    rng = np.random.default_rng([seed, _TURN_CODE, _SPLIT_CODE[split], index])
+    lead_in = int(rng.integers(1, num_frames - 1))
+    part = sample_clip(index, seed=seed, split=split, num_frames=num_frames - lead_in, fps=fps, size=size,
+                       digit_weight=digit_weight)
+    start, extent = np.array(part.centers[0]), part.sizes[0]
+    half = extent / 2 + 1
+    steps = np.arange(lead_in, 0, -1)[:, None]  # frames before the captioned part's first frame
+    for motion in rng.permutation([m for m in LEAD_IN_MOTIONS if m != part.motion]):
+        velocity = np.array(_DIRECTION[str(motion)]) * rng.uniform(*SPEED) * size / fps
+        path = start[None] - steps * velocity[None]
+        if ((path >= half) & (path <= size - half)).all():
+            break
+    else:  # unreachable: "still" always fits, and only one motion is excluded
+        raise AssertionError("no lead-in fits")
+    return ClipSpec(index=index, split=split, seed=seed, colour=part.colour, object=part.object, motion=part.motion,
+                    background=part.background, caption=part.caption, fps=float(fps), num_frames=int(num_frames),
+                    size=int(size), centers=path.tolist() + part.centers, sizes=[extent] * lead_in + part.sizes,
+                    digit_instance=part.digit_instance, lead_in=lead_in, lead_in_motion=str(motion))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from microcinema.core.errors import MicroCinemaError, check
-from microcinema.data.synthetic import DIGIT_WEIGHT, HELD_OUT_COMBOS, SPLITS, ClipSpec, make_clip, render_frame, sample_clip
+from microcinema.data.synthetic import (DIGIT_WEIGHT, HELD_OUT_COMBOS, SPLITS, ClipSpec, make_clip, render_frame,
+                                        sample_clip, sample_turning_clip)
 
 #: H.264 settings of the on-disk data set: 4:4:4 chroma (small coloured objects survive) and a low crf.
 DATASET_CRF = 10
@@ -38,14 +39,21 @@ class SyntheticVideoDataset(Dataset):
     [-1, 1] and ``text``, plus the ground truth: ``colour``, ``object``, ``motion``, ``background``
     (strings), ``centers`` (F, 2) and ``sizes`` (F,) in pixels. ``digit_weight``: see
     :func:`~microcinema.data.synthetic.sample_clip`.
+
+    ``turn_fraction``: that fraction of the clips (drawn per index) are turning clips
+    (:func:`~microcinema.data.synthetic.sample_turning_clip`), and every item carries ``lead_in``, the first
+    frame its caption describes (0 for a plain clip). Only auto-regressive training (ART-V) knows to skip
+    the lead-in; 0 (the default) gives exactly the plain clips and no ``lead_in`` key.
     """
 
     def __init__(self, num: int, *, seed: int = 0, split: str = "train", num_frames: int = 9, fps: float = 2.0,
-                 size: int = 64, digit_weight: float = DIGIT_WEIGHT) -> None:
+                 size: int = 64, digit_weight: float = DIGIT_WEIGHT, turn_fraction: float = 0.0) -> None:
         check(num >= 1, f"num must be >= 1, got {num}")
+        check(0 <= turn_fraction <= 1, f"turn_fraction must be in [0, 1], got {turn_fraction!r}")
         check(split in SPLITS, f"unknown split {split!r}: allowed are {', '.join(SPLITS)}")
         self.num, self.seed, self.split = num, seed, split
         self.num_frames, self.fps, self.size, self.digit_weight = num_frames, fps, size, digit_weight
+        self.turn_fraction = turn_fraction
         self._spec(0)  # validates the settings
 
     def __len__(self) -> int:
@@ -54,15 +62,19 @@ class SyntheticVideoDataset(Dataset):
     def _spec(self, index: int) -> ClipSpec:
         if not 0 <= index < self.num:
             raise IndexError(index)
-        return sample_clip(index, seed=self.seed, split=self.split, num_frames=self.num_frames, fps=self.fps,
-                           size=self.size, digit_weight=self.digit_weight)
+        kwargs = dict(seed=self.seed, split=self.split, num_frames=self.num_frames, fps=self.fps, size=self.size,
+                      digit_weight=self.digit_weight)
+        if self.turn_fraction > 0 and np.random.default_rng([self.seed, index, 4]).random() < self.turn_fraction:
+            return sample_turning_clip(index, **kwargs)
+        return sample_clip(index, **kwargs)
 
     def __getitem__(self, index: int) -> dict:
         spec = self._spec(index)
         frames = np.stack([render_frame(spec, i) for i in range(spec.num_frames)])
         return {"pixel_values": frames_to_tensor(frames), "text": spec.caption, **_ground_truth(spec),
                 "centers": torch.tensor(spec.centers, dtype=torch.float32),
-                "sizes": torch.tensor(spec.sizes, dtype=torch.float32)}
+                "sizes": torch.tensor(spec.sizes, dtype=torch.float32),
+                **({"lead_in": spec.lead_in} if self.turn_fraction > 0 else {})}
 
 
 class SyntheticKeyFrameDataset(SyntheticVideoDataset):

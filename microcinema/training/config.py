@@ -107,12 +107,16 @@ class ProceduralData(_ClipSettings):
     fps: float | None = None
     size: int = 64
     digit_weight: float | None = None
+    turn_fraction: float = 0.0     # ART-V only: this fraction of turning clips (a lead-in of another motion)
     type: str = "procedural"
 
     def __post_init__(self) -> None:
         self._check_clip()
         if not isinstance(self.num, int) or self.num < 1:
             raise ValueError(f"num must be an integer >= 1, got {self.num!r}")
+        t = self.turn_fraction
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise ValueError(f"turn_fraction must be a number in [0, 1], got {t!r}")
 
 
 @dataclass
@@ -393,6 +397,9 @@ def parse_diffusion_config(config: dict[str, Any], task: str) -> DiffusionTaskCo
         raise MicroCinemaError(f"{_where(path)}: section 'data': t2i trains on key frames; drop num_frames and fps")
     if task != "t2i" and isinstance(data, ProceduralData) and not (data.num_frames and data.fps):
         raise MicroCinemaError(f"{_where(path)}: section 'data' lacks num_frames, fps (clips)")
+    if isinstance(data, ProceduralData) and data.turn_fraction:
+        raise MicroCinemaError(f"{_where(path)}: section 'data': turn_fraction is for ART-V only (its loss skips a "
+                               f"turning clip's lead-in); drop it for {task} training")
     probe = None
     if top.get("probe") is not None:
         probe = parse_section(KeyFrameProbe, top["probe"], "probe", path)

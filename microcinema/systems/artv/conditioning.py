@@ -7,6 +7,9 @@ references are ``y(i-1), y(i-2)`` with indices clamped at 0, so ``i = 1`` sees `
 inference starts from a single frame (the paper starts "with the key frame, or multiple copies of it"); the
 anchor is uniform among the ``anchor_window = 10`` frames before ``i`` (clamped at 0). Frame 0 itself is not a
 training target with references: a first frame is the null-references case, which condition dropout trains.
+For a turning clip (its caption describes frames from ``lead_in`` on, :mod:`microcinema.data.synthetic`), the
+current frame is uniform in ``[max(1, lead_in), F-1]``: the references may still move the lead-in's way while
+the text asks for the new motion, as after every prompt change at inference.
 At inference the anchor is the first frame (or the user's key frame; in multi-prompt videos the previous
 segment's last frame).
 
@@ -64,16 +67,23 @@ class FrameChoice:
 
 
 def sample_frames(num_frames: int, batch_size: int, generator: torch.Generator | None = None, *,
-                  num_references: int = 2, anchor_window: int = ANCHOR_WINDOW,
+                  num_references: int = 2, anchor_window: int = ANCHOR_WINDOW, lead_in: Tensor | None = None,
                   device: torch.device | str | None = None) -> FrameChoice:
     """Draw (from ``generator``: the current frames, then the anchor offsets) the training frames of a batch
-    of clips with ``num_frames`` frames each (see the module docstring)."""
+    of clips with ``num_frames`` frames each (see the module docstring); ``lead_in`` ``(B,)``: each clip's
+    first captioned frame (turning clips), None for plain clips."""
     check(isinstance(num_frames, int) and num_frames >= 2,
           f"ART-V trains on clips of at least 2 frames, got num_frames={num_frames!r}")
     check(isinstance(anchor_window, int) and anchor_window >= 1,
           f"anchor_window must be an integer >= 1, got {anchor_window!r}")
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    current = torch.randint(1, num_frames, (batch_size,), generator=generator, device=gen_device)
+    if lead_in is None:
+        current = torch.randint(1, num_frames, (batch_size,), generator=generator, device=gen_device)
+    else:
+        first = lead_in.to(gen_device).long().clamp(1, num_frames - 1)
+        check(tuple(first.shape) == (batch_size,), f"lead_in must be ({batch_size},), got {tuple(lead_in.shape)}")
+        u = torch.rand(batch_size, generator=generator, device=gen_device)
+        current = first + (u * (num_frames - first)).long().clamp(max=num_frames - 1 - first)
     refs = (current[:, None] - torch.arange(1, num_references + 1, device=gen_device)).clamp_min(0)
     # anchor uniform in [max(0, i - window), i - 1]
     low = (current - anchor_window).clamp_min(0)

@@ -7,7 +7,7 @@ core data section (procedural: ``num_frames`` at ``fps``, 8 fps in the paper; or
 or WebDataset shards), encoded once into a latent cache.
 
 Each training sample is one frame of one clip (:mod:`microcinema.systems.artv.conditioning`): the current
-frame ``i`` in ``[1, F-1]``, its references ``y(i-1), y(i-2)`` (clamped at frame 0), an anchor among the
+frame ``i`` in ``[1, F-1]`` (from the first captioned frame on in turning clips: procedural ``turn_fraction``), its references ``y(i-1), y(i-2)`` (clamped at frame 0), an anchor among the
 ``anchor_window`` (10) frames before it; references and anchor corrupted at a level in ``[0, max_ref_level]``
 (550, section 3.3); references, anchor and text each dropped with probability 0.1. The loss is the shared
 :class:`~microcinema.core.diffusion.DiffusionLoss` (SD's schedule, uniform timesteps, the plain MSE of eq. 4)
@@ -152,7 +152,7 @@ def build_cache(config: dict[str, Any], output_dir: str | Path, vae: Any, text_e
     def procedural() -> SyntheticVideoDataset:
         weight = DIGIT_WEIGHT if data.digit_weight is None else data.digit_weight
         return SyntheticVideoDataset(data.num, seed=data.seed, num_frames=data.num_frames, fps=data.fps,
-                                     size=data.size, digit_weight=weight)
+                                     size=data.size, digit_weight=weight, turn_fraction=data.turn_fraction)
 
     return build_task_cache(config, data, output_dir, vae, text_encoder, "clips", procedural, batch_size=16,
                             mixed_precision=mixed_precision)
@@ -180,7 +180,7 @@ def make_loss(cache: LatentCache, scaling_factor: float, loss: ARTVLoss | None =
             clip = (mean + batch["latent_std"] * noise) * scaling_factor
         b, device = clip.shape[0], clip.device
         frames = sample_frames(clip.shape[2], b, generator, num_references=num_references,
-                               anchor_window=settings.anchor_window)
+                               anchor_window=settings.anchor_window, lead_in=batch.get("lead_in"))
         z0 = gather_frames(clip, frames.current)
         # the conditions are posterior means: at inference they are encoded or generated latents
         refs = gather_frames(mean * scaling_factor, frames.refs)
