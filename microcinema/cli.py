@@ -380,7 +380,9 @@ def _add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=positive_int("--batch-size"), default=8, help="videos per batch (default 8)")
     ev.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
     ev.add_argument("--key-frames", choices=["generate", "truth"], default="generate",
-                    help="shapes: key frames from stage one (default) or the rendered ground truth (stage two alone)")
+                    help="shapes: key frames from stage one (default) or the rendered ground truth (stage two alone); "
+                         "longvideo: frame 0 from the ART-V model itself (text-only mode, default) or the ground "
+                         "truth's (image mode: the auto-regressive model alone)")
     ev.add_argument("--i3d-weights", type=Path, default=None, help="I3D Kinetics-400 state dict, for FVD")
     ev.add_argument("--inception-weights", type=Path, default=None, help="pytorch-fid Inception state dict, for FID/IS")
     ev.add_argument("--clip-model", type=Path, default=None, help="local CLIP model folder, for CLIPSIM/CLIP-Temp")
@@ -403,7 +405,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         from microcinema.eval.longvideo import run_from_cli
 
         run_from_cli(args.num_samples, args.out, truth=args.truth, model=args.model, seed=args.seed,
-                     feature_model=args.clip_model, command=args.command_line, steps=args.steps)
+                     feature_model=args.clip_model, command=args.command_line, steps=args.steps,
+                     first_frame="truth" if args.key_frames == "truth" else "model")
         print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
         return
 

@@ -286,11 +286,10 @@ def test_from_stable_diffusion_folder(tmp_path):
         ARTVPipeline.from_stable_diffusion(tmp_path / "nothing")
 
 
-def test_embedded_says_it_is_not_trained_yet():
-    from microcinema.embedded import WEIGHTS_DIR
+def test_embedded_says_when_its_weights_are_missing(tmp_path, monkeypatch):
+    import microcinema.embedded
 
-    if (WEIGHTS_DIR / "artv" / "config.json").is_file():
-        pytest.skip("the embedded ART-V model exists")
+    monkeypatch.setattr(microcinema.embedded, "WEIGHTS_DIR", tmp_path / "weights")  # as before it was trained
     with pytest.raises(MicroCinemaError, match="embedded ART-V model is not trained yet") as info:
         ARTVPipeline.embedded()
     assert "\n" not in str(info.value)

@@ -493,12 +493,15 @@ def write_report(out: Path, m: dict[str, Any]) -> Path:
 
 def run_from_cli(num_sequences: int, out: str | Path, *, truth: bool = False, model: str | None = None,
                  seed: int = 0, feature_model: str | Path | None = None, command: str = "",
-                 steps: int | None = None) -> dict[str, Any]:
+                 steps: int | None = None, first_frame: str = "model") -> dict[str, Any]:
     """``microcinema eval --benchmark longvideo``: ``--truth`` (the rendered ground truth, the sanity run on which
     every measure reads perfect) or an ART-V pipeline (``model``: a folder written by
     :class:`~microcinema.systems.artv.pipeline.ARTVPipeline`, or None / ``"embedded"``: the embedded ART-V model)
     through :meth:`~microcinema.systems.artv.pipeline.ARTVPipeline.make_video_fn` (``steps``: sampler steps per
-    frame, default the model's)."""
+    frame, default the model's); ``first_frame``: ``"model"`` (text-only mode: frame 0 from the pipeline) or
+    ``"truth"`` (image mode: the ground truth's frame 0, :func:`artv_video_fn`)."""
+    check(first_frame in FIRST_FRAME_MODES,
+          f"first_frame must be one of {', '.join(FIRST_FRAME_MODES)}, got {first_frame!r}")
     check(not (truth and model is not None), "--truth measures the ground truth: leave --model out, or drop --truth")
     check(feature_model is None or Path(feature_model).exists(), f"--clip-model {feature_model} does not exist")
     if truth:
@@ -510,7 +513,11 @@ def run_from_cli(num_sequences: int, out: str | Path, *, truth: bool = False, mo
     pipe = (ARTVPipeline.embedded() if model is None or str(model) == "embedded"
             else ARTVPipeline.from_pretrained(model))
     pipe.set_progress_bar_config(disable=True)
-    return run_longvideo(pipe.make_video_fn(num_inference_steps=steps), out, num_sequences=num_sequences,
+    make_video = (artv_video_fn(pipe, first_frame="truth", num_inference_steps=steps) if first_frame == "truth"
+                  else pipe.make_video_fn(num_inference_steps=steps))
+    return run_longvideo(make_video, out, num_sequences=num_sequences,
                          label=f"ART-V {model or 'embedded'}", seed=seed, feature_model=feature_model, command=command,
                          note=f"ART-V, {steps or pipe.num_inference_steps} steps per frame, sampler {pipe.sampler}, "
-                              f"anchor {pipe.anchor}")
+                              f"anchor {pipe.anchor}, frame 0 "
+                              + ("the ground truth's (image mode)" if first_frame == "truth"
+                                 else "the model's own (text-only mode)"))
