@@ -195,6 +195,8 @@ class ClipSpec:
 
     def to_row(self) -> dict:
         row = asdict(self)
+        if not self.lead_in:  # a plain clip's row is as before turning clips existed
+            del row["lead_in"], row["lead_in_motion"]
         row["centers"] = [[round(x, 3), round(y, 3)] for x, y in self.centers]
         row["sizes"] = [round(s, 3) for s in self.sizes]
         return row
