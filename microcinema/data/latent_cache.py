@@ -29,7 +29,8 @@ from microcinema.core.errors import MicroCinemaError
 def encode_dataset(dataset: Dataset, vae: Any, text_encoder: Any, *, batch_size: int = 64,
                    progress: bool = True, text_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """Encode every item: ``latent_mean``/``latent_std`` (unscaled VAE posterior), ``text_states`` (fp16) and
-    ``text_mask`` (and ``lead_in`` where the items have it); plus ``uncond_states``/``uncond_mask`` (the empty prompt, for classifier-free guidance)."""
+    ``text_mask`` (and ``lead_in`` where the items have it); plus ``uncond_states``/``uncond_mask`` (the empty
+    prompt, for classifier-free guidance)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
     out: dict[str, list[torch.Tensor]] = {"latent_mean": [], "latent_std": [], "text_states": [], "text_mask": []}
     for batch in tqdm(loader, desc="encoding latents and captions", unit="batch", disable=not progress):

@@ -138,6 +138,8 @@ _SPLIT_CODE = {"train": 0, "heldout": 1}
 # derive their thresholds and fits from them.
 #: Translation speed: 4 s cover 36-52 % of the frame.
 SPEED = (0.09, 0.13)
+#: The translations: motion -> (axis, sign), axis 0 = x (right positive), 1 = y (down positive).
+TRANSLATIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
 #: Object extent for motions that keep the size.
 SIZE = (0.24, 0.34)
 #: Extent of a digit (thin strokes: a little larger to stay legible).
@@ -265,7 +267,7 @@ def sample_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: 
         room = size - 2 * half
         if duration > 0:
             speed = min(speed, room / duration)
-        axis, sign = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}[motion]
+        axis, sign = TRANSLATIONS[motion]
         travel = speed * duration
         # start so that the whole trajectory stays inside the frame
         start_lo, start_hi = (half + travel, size - half) if sign < 0 else (half, size - half - travel)
@@ -283,8 +285,7 @@ def sample_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: 
 
 _TURN_CODE = 3  # mixed into the seed next to _SPLIT_CODE's 0/1 and _FEWSHOT_CODE's 2
 #: Motions of a lead-in (sizes stay as the captioned part's first frame).
-LEAD_IN_MOTIONS = ("left", "right", "up", "down", "still")
-_DIRECTION = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
+LEAD_IN_MOTIONS = (*TRANSLATIONS, "still")
 
 
 def sample_turning_clip(index: int, *, seed: int = 0, split: str = "train", num_frames: int = 33, fps: float = 8.0,
@@ -309,7 +310,11 @@ def sample_turning_clip(index: int, *, seed: int = 0, split: str = "train", num_
     half = extent / 2 + 1
     steps = np.arange(lead_in, 0, -1)[:, None]  # frames before the captioned part's first frame
     for motion in rng.permutation([m for m in LEAD_IN_MOTIONS if m != part.motion]):
-        velocity = np.array(_DIRECTION[str(motion)]) * rng.uniform(*SPEED) * size / fps
+        speed = rng.uniform(*SPEED) * size / fps  # drawn for "still" too: one draw per candidate
+        velocity = np.zeros(2)
+        if motion in TRANSLATIONS:
+            axis, sign = TRANSLATIONS[str(motion)]
+            velocity[axis] = sign * speed
         path = start[None] - steps * velocity[None]
         if ((path >= half) & (path <= size - half)).all():
             break

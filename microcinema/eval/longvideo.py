@@ -53,7 +53,6 @@ MOTION_PATTERNS: dict[str, tuple[str, ...]] = {
     "grow": ("grow", "right", "shrink", "left"),
     "shrink": ("shrink", "up", "grow", "down"),
 }
-_TRANSLATION = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
 _MIRROR = {"left": "right", "right": "left", "up": "down", "down": "up"}
 _SPLIT_CODE = {"train": 0, "heldout": 1}
 
@@ -108,8 +107,8 @@ def sample_sequence(index: int, *, seed: int = 999, split: str = "train", motion
     room = size - 2 * half
     offsets = np.zeros((total, 2))
     for axis in range(2):
-        steps = [sign * speed if m in _TRANSLATION and _TRANSLATION[m][0] == axis else 0.0
-                 for m in step_motion for sign in [_TRANSLATION.get(m, (0, 0))[1]]]
+        steps = [sign * speed if m in synthetic.TRANSLATIONS and synthetic.TRANSLATIONS[m][0] == axis else 0.0
+                 for m in step_motion for sign in [synthetic.TRANSLATIONS.get(m, (0, 0))[1]]]
         path = np.concatenate([[0.0], np.cumsum(steps)])
         if np.ptp(path) > room:  # slow this axis down to fit, but not below the domain's slowest speed
             check(speed * room / np.ptp(path) * fps / size >= synthetic.SPEED[0],

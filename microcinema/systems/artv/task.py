@@ -7,8 +7,9 @@ core data section (procedural: ``num_frames`` at ``fps``, 8 fps in the paper; or
 or WebDataset shards), encoded once into a latent cache.
 
 Each training sample is one frame of one clip (:mod:`microcinema.systems.artv.conditioning`): the current
-frame ``i`` in ``[1, F-1]`` (from the first captioned frame on in turning clips: procedural ``turn_fraction``), its references ``y(i-1), y(i-2)`` (clamped at frame 0), an anchor among the
-``anchor_window`` (10) frames before it; references and anchor corrupted at a level in ``[0, max_ref_level]``
+frame ``i`` in ``[1, F-1]`` (from the first captioned frame on in turning clips: procedural ``turn_fraction``),
+its references ``y(i-1), y(i-2)`` (clamped at frame 0), an anchor among the ``anchor_window`` (10) frames before
+it; references and anchor corrupted at a level in ``[0, max_ref_level]``
 (550, section 3.3); references, anchor and text each dropped with probability 0.1. The loss is the shared
 :class:`~microcinema.core.diffusion.DiffusionLoss` (SD's schedule, uniform timesteps, the plain MSE of eq. 4)
 on the noise of frame ``i``, whose prediction is the masked combination of eq. 7: the mask network learns
