@@ -267,7 +267,13 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="video file to write: .mp4 or .gif")
     parser.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
     parser.add_argument("--frames", type=int, default=9, help="base frames at 2 fps, odd, 3-17 (default 9)")
-    parser.add_argument("--steps", type=positive_int("--steps"), default=25, help="sampling steps per stage (default 25)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=None,
+                        help="the base model's sampling steps (default: the model's; the embedded one: 10, "
+                             "DPM-Solver++(2M))")
+    parser.add_argument("--key-frame-steps", type=positive_int("--key-frame-steps"), default=None,
+                        help="stage one's steps (default: the model's; the embedded one: 25)")
+    parser.add_argument("--interp-steps", type=positive_int("--interp-steps"), default=None,
+                        help="the x4 interpolation's steps (default: the model's; the embedded one: 8)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="text guidance (>= 0; default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
@@ -327,6 +333,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     # latents, then this project's uint8 rounding (pipeline.decode_to_uint8): the same files as before the
     # pipeline became a diffusers one (whose "np" output is floats in [0, 1])
     out = pipeline(args.prompt, image=args.image, num_frames=args.frames, num_inference_steps=args.steps,
+                   key_frame_num_inference_steps=args.key_frame_steps, interp_num_inference_steps=args.interp_steps,
                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
                    interpolate=not args.no_interpolate, pin_key_frame=False if args.no_pin_key_frame else None,
                    interp_anchor_means=False if args.no_anchor_palette else None,

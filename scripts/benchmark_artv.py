@@ -137,6 +137,22 @@ def time_artv(pipe: Any, frames: int, steps: int, seed: int = 0) -> dict[str, fl
             "rss_peak_mb": mem.growth_mb, "tracemalloc_peak_mb": traced_peak / 2**20}
 
 
+def count_artv_flops(pipe: Any, steps: int, frames: int = 16) -> dict[str, float]:
+    """GFLOP per frame of a ``frames``-frame stream (matmuls, convolutions, attention: what
+    ``torch.utils.flop_counter`` counts) and the same-process fp32 matmul rate (``benchmark_video.matmul_gflops``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmark_video import matmul_gflops  # scripts/ is on sys.path when a script there runs
+
+    with FlopCounterMode(display=False) as counter:
+        count = sum(1 for _ in pipe.stream([("a red circle moving left", frames)], num_inference_steps=steps,
+                                           output_type="uint8", progress=False,
+                                           generator=torch.Generator().manual_seed(0)))
+    gflop = counter.get_total_flops() / 1e9 / count
+    rate = matmul_gflops()
+    return {"gflop_per_frame": gflop, "matmul_gflops": rate, "floor_s_per_frame": gflop / rate}
+
+
 def time_microcinema_base(mc: Any, key: Any, steps: int, seed: int) -> float:
     out = mc("a red circle moving left", image=key, num_frames=9, num_inference_steps=steps, interpolate=False,
              refine_strength=0.0, output_type="latent", generator=torch.Generator().manual_seed(seed), progress=False)
@@ -168,6 +184,11 @@ def cpu_part(args: argparse.Namespace) -> dict[str, Any]:
               f", tracemalloc peak x{row['tracemalloc_peak_mb'] / max(base['tracemalloc_peak_mb'], 1e-9):.2f}")
     result: dict[str, Any] = {"model": what, "steps": steps, "sampler": pipe.sampler, "threads": torch.get_num_threads(),
                               "lengths": rows}
+    result["flops"] = flops = count_artv_flops(pipe, steps, frames=16)
+    print(f"  GFLOP per frame (torch.utils.flop_counter, a 16-frame video): {flops['gflop_per_frame']:.2f}; 1024x1024 "
+          f"fp32 matmul in this process {flops['matmul_gflops']:.1f} GFLOP/s, so the floor is "
+          f"{flops['floor_s_per_frame']:.3f} s/frame; achieved {flops['gflop_per_frame'] / base['s_per_frame']:.1f} "
+          f"GFLOP/s at {base['frames']} frames, time / floor = {base['s_per_frame'] / flops['floor_s_per_frame']:.2f}")
     if args.no_reference:
         return result
     mc = MicroCinemaPipeline.embedded()

@@ -1,8 +1,9 @@
 """Seconds, GFLOP and start-up of the embedded MicroCinema pipeline (text -> 9 frames -> 33 frames, 64x64).
 
-Default (timing): median of --runs single-prompt generations at --steps sampling steps per stage (default 25,
-the shipped defaults otherwise: DDIM, text guidance in stage one and two, refinement, x4 interpolation without
-guidance), after one warm-up run; prints the median time of each stage (the pipeline's ``out.timings``), the
+Default (timing): median of --runs single-prompt generations with the embedded preset's settings (sampler and
+steps of each stage: stage one, the base model, the x4 interpolation; text guidance in stage one and two,
+refinement, no guidance in the interpolation; --steps, --key-frame-steps, --interp-steps, --sampler and
+--interp-sampler override them), after one warm-up run; prints the median time of each stage (the pipeline's ``out.timings``), the
 peak resident memory during the timed runs (Linux VmHWM, reset before the runs), and then:
 
 * GFLOP per video and per stage (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions and
@@ -20,7 +21,7 @@ key-frame refinement off (``refine_strength=0``).
 import MicroCinemaPipeline``, (c) + ``MicroCinemaPipeline.embedded()``, (d) + encoding the first prompt (the
 first denoising step can start): each in its own fresh subprocess, median of --startup-runs (3).
 
-    python scripts/benchmark_video.py --runs 5 --steps 25 --threads 2
+    python scripts/benchmark_video.py --runs 5 --threads 2
     python scripts/benchmark_video.py --flops-only
     python scripts/benchmark_video.py --startup --threads 2
 """
@@ -102,6 +103,26 @@ def time_runs(pipe: Any, prompt: str, runs: int, steps: int, interpolate: bool,
         for name, seconds in out.timings.items():
             stages.setdefault(name, []).append(seconds)
     return totals, {name: statistics.median(v) for name, v in stages.items()}, frames
+
+
+#: The embedded preset before issue 19: DDIM with 25 steps in every stage.
+PREVIOUS_DEFAULT = {"sampler": "ddim", "interp_sampler": None, "num_inference_steps": 25,
+                    "key_frame_num_inference_steps": 25, "interp_num_inference_steps": 25}
+
+
+def time_against(pipe: Any, prompt: str, runs: int, other: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Seconds per video with the pipeline's settings and with ``other`` settings, the runs interleaved (so a
+    machine whose speed drifts affects both alike)."""
+    mine = {k: getattr(pipe, k) for k in other}
+    ours, theirs = [], []
+    for run in range(runs):
+        for settings, times in ((mine, ours), (other, theirs)):
+            for k, v in settings.items():
+                setattr(pipe, k, v)
+            times.append(time_runs(pipe, prompt, 1, pipe.num_inference_steps, interpolate=True)[0][0])
+    for k, v in mine.items():
+        setattr(pipe, k, v)
+    return ours, theirs
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
@@ -196,7 +217,7 @@ def print_flops(flops: dict[str, Any], steps: int, seconds: dict[str, float] | N
     """The GFLOP table; with ``seconds`` (median per stage) and ``rate`` (matmul GFLOP/s) the achieved rate,
     floor and time / floor too."""
     g = 1e9
-    print(f"\nGFLOP (torch.utils.flop_counter; one counted run, {steps} steps per stage, {flops['frames']} frames):")
+    print(f"\nGFLOP (torch.utils.flop_counter; one counted run, base steps {steps}, {flops['frames']} frames):")
     head = f"  {'stage':<22}{'GFLOP':>9}{'share':>8}"
     if seconds is not None and rate is not None:
         head += f"{'seconds':>9}{'GFLOP/s':>9}{'floor s':>9}{'t/floor':>9}"
@@ -298,7 +319,8 @@ def print_startup(results: dict[str, Any], runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="the base model's steps (default: the embedded preset's; the other stages keep theirs)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--prompt", default="a red circle moving left")
     parser.add_argument("--flops-only", action="store_true", help="only the counted run: GFLOP per stage, no timing")
@@ -306,6 +328,15 @@ def main() -> None:
     parser.add_argument("--startup-runs", type=int, default=3)
     parser.add_argument("--no-references", action="store_true", help="skip the no-interpolation/no-refinement runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--key-frame-steps", type=int, default=None,
+                        help="stage one's steps (default: the embedded preset's, else --steps)")
+    parser.add_argument("--interp-steps", type=int, default=None,
+                        help="the interpolation's steps (default: the embedded preset's, else --steps)")
+    parser.add_argument("--sampler", default=None, help="the base model's sampler (default: the preset's)")
+    parser.add_argument("--interp-sampler", default=None, help="the interpolation's sampler (default: the preset's)")
+    parser.add_argument("--against-previous", type=int, default=0, metavar="RUNS",
+                        help="also time RUNS videos with the preset before issue 19 (DDIM, 25 steps in every stage) "
+                             "interleaved with as many of these settings, and print the ratio")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -323,6 +354,18 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = MicroCinemaPipeline.embedded()
     load = time.perf_counter() - t0
+    overrides = {"num_inference_steps": args.steps, "key_frame_num_inference_steps": args.key_frame_steps, "interp_num_inference_steps": args.interp_steps,
+                 "sampler": args.sampler, "interp_sampler": args.interp_sampler}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(pipe, name, value)
+    args.steps = pipe.num_inference_steps
+    report["steps"] = args.steps
+    report["settings"] = {k: pipe.config.get(k) for k in ("sampler", "num_inference_steps", "key_frame_sampler",
+                                                          "interp_sampler",
+                                                          "key_frame_num_inference_steps",
+                                                          "interp_num_inference_steps", "refine_strength")}
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
     flops = count_flops(pipe, args.prompt, args.steps)
     report["flops"] = flops
     if args.flops_only:
@@ -340,7 +383,7 @@ def main() -> None:
     peak = peak_rss_mib()
     rate = statistics.median([rate_before, matmul_gflops()])
     median = statistics.median(totals)
-    print(f"seconds per video ({frames} frames at 64x64, {args.steps} steps per stage): median {median:.2f} "
+    print(f"seconds per video ({frames} frames at 64x64, base steps {args.steps}): median {median:.2f} "
           f"(min {min(totals):.2f}, max {max(totals):.2f}, {args.runs} runs)")
     print("median seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     print(f"peak RSS during the timed runs: {peak:.0f} MiB" if peak else "peak RSS: not available on this OS")
@@ -360,6 +403,12 @@ def main() -> None:
         print(f"reference, same process, key-frame refinement off: median {plain:.2f} s ("
               + ", ".join(f"{k} {v:.2f}" for k, v in plain_stages.items()) + f"); refined / not = {median / plain:.2f}x")
         report.update(no_interpolation_median=base, no_refinement_median=plain)
+    if args.against_previous:
+        ours, theirs = time_against(pipe, args.prompt, args.against_previous, PREVIOUS_DEFAULT)
+        print(f"interleaved, same process: these settings median {statistics.median(ours):.2f} s, the preset before "
+              f"issue 19 (DDIM, 25 steps per stage) median {statistics.median(theirs):.2f} s; ratio "
+              f"{statistics.median(theirs) / statistics.median(ours):.2f}x ({args.against_previous} runs each)")
+        report["against_previous"] = {"ours": ours, "previous": theirs}
     _write(args.json, report)
 
 

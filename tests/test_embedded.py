@@ -88,8 +88,11 @@ def test_embedded_pipeline_has_its_preset_and_reproduces_the_pipeline_before_dif
     pipe = MicroCinemaPipeline.embedded()
     pipe.set_progress_bar_config(disable=True)
     assert {k: pipe.config[k] for k in MICROCINEMA} == dict(MICROCINEMA)
-    assert pipe.refine_strength == 0.3 and pipe.interp_anchor_means is True and pipe.sampler == "ddim"
+    assert pipe.refine_strength == 0.3 and pipe.interp_anchor_means is True and pipe.sampler == "dpmpp_2m"
     assert type(pipe.key_frame_unet).__name__ == "UNet2DConditionModel" and pipe.key_frame_model is None
+    # the reference was made with DDIM and one step count for every stage (the preset before issue 19)
+    pipe.sampler, pipe.interp_sampler = "ddim", None
+    pipe.key_frame_num_inference_steps = pipe.interp_num_inference_steps = None
     golden = np.load(Path(__file__).parent / "fixtures" / "embedded_old_pipeline.npz")
     key = np.full((64, 64, 3), 30, np.uint8)
     key[22:42, 22:42] = (40, 200, 60)

@@ -113,10 +113,60 @@ def test_save_and_load_through_diffusers(pipeline, tmp_path):
     ({"generator": [torch.Generator()]}, "generator must be one torch.Generator"),
     ({"refine_strength": 1.5}, r"refine_strength must be in \[0, 1\]"),
     ({"refine_strength": -0.1}, r"refine_strength must be in \[0, 1\]"),
+    ({"interp_num_inference_steps": 0}, "interp_num_inference_steps must be an integer >= 1, got 0"),
+    ({"key_frame_num_inference_steps": 2.5}, "key_frame_num_inference_steps must be an integer >= 1, got 2.5"),
 ])
 def test_bad_arguments(pipeline, kwargs, match):
     with pytest.raises(MicroCinemaError, match=match):
         pipeline("a red circle", progress=False, **kwargs)
+
+
+def test_each_stage_runs_its_own_steps_and_sampler(minilm_encoder, tmp_path):
+    """Issue 19: stage one, the base model and the interpolation take their own step counts (settings saved in
+    model_index.json, per-call overrides); the interpolation its own sampler; the base model the call's steps."""
+    seen = {}
+
+    class CountingKeyFrames(FixedKeyFrames):
+        def __call__(self, prompts, *, num_inference_steps, **kw):
+            seen["key_frame"] = num_inference_steps
+            return super().__call__(prompts, num_inference_steps=num_inference_steps, **kw)
+
+    pipe = MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_unet=video_unet(1),
+                               key_frame_model=CountingKeyFrames(), sampler="ddim", interp_sampler="dpmpp_2m",
+                               num_inference_steps=4, key_frame_num_inference_steps=6, interp_num_inference_steps=3)
+    pipe.set_progress_bar_config(disable=True)
+    passes = {}
+
+    def count(p, i, t, tensors):
+        passes[p.stage] = passes.get(p.stage, 0) + 1
+        return {}
+
+    def run(target, **kw):
+        seen.clear(), passes.clear()
+        frames = target("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent",
+                        callback_on_step_end=count, **kw).frames
+        return {**passes, **seen}, frames
+
+    assert run(pipe)[0] == {"key_frame": 6, "base": 4, "interpolation": 3}
+    assert run(pipe, num_inference_steps=2, interp_num_inference_steps=5, key_frame_num_inference_steps=1)[0] == \
+        {"key_frame": 1, "base": 2, "interpolation": 5}
+    _, dpm = run(pipe)
+    pipe.interp_sampler = None  # the base model's sampler (DDIM): another interpolation
+    _, ddim = run(pipe)
+    assert torch.equal(dpm[:, :, ::4], ddim[:, :, ::4]) and not torch.allclose(dpm, ddim)
+    pipe.interp_sampler = "dpmpp_2m"
+    pipe.save_pretrained(tmp_path / "mc")
+    index = json.loads((tmp_path / "mc" / "model_index.json").read_text())
+    assert (index["num_inference_steps"], index["key_frame_num_inference_steps"], index["interp_num_inference_steps"],
+            index["interp_sampler"]) == (4, 6, 3, "dpmpp_2m")
+    loaded = MicroCinemaPipeline.from_pretrained(tmp_path / "mc", key_frame_model=CountingKeyFrames())
+    loaded.set_progress_bar_config(disable=True)
+    counts, frames = run(loaded)
+    assert counts == {"key_frame": 6, "base": 4, "interpolation": 3} and torch.allclose(frames, dpm, rtol=1e-4, atol=1e-4)
+    with pytest.raises(MicroCinemaError, match="unknown interp_sampler 'fast': allowed are ddim"):
+        MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_sampler="fast")
+    with pytest.raises(MicroCinemaError, match="interp_num_inference_steps must be an integer >= 1, got 0"):
+        MicroCinemaPipeline(video_unet(0), tiny_vae(), minilm_encoder, interp_num_inference_steps=0)
 
 
 def test_bad_images_and_prompts(pipeline, tmp_path):
@@ -160,6 +210,14 @@ def test_cli_generate_and_animate_with_a_pipeline_folder(pipeline, minilm_encode
                      "--model", str(folder), "--steps", "1", *flags]) == 0
     assert calls == [None, False, None, None]  # None: the pipeline's setting (on)
     assert refined == [0.3, 0.3, 1.0]  # the pipeline's 0.3 twice, none for 0, then 1
+    steps = []
+    monkeypatch.setattr(MicroCinemaPipeline, "interpolate",
+                        lambda self, *a, **kw: steps.append(kw["steps"]) or original(self, *a, **kw))
+    assert main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(tmp_path / "a.mp4"),
+                 "--model", str(folder), "--steps", "1", "--interp-steps", "3"]) == 0
+    assert main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(tmp_path / "a.mp4"),
+                 "--model", str(folder), "--steps", "2"]) == 0
+    assert steps == [3, 2]  # its own, then the base model's (this pipeline saves no interpolation steps)
     with pytest.raises(SystemExit):  # argparse's usage error
         main(["animate", str(tmp_path / "grey.png"), "a red circle", "--out", str(tmp_path / "a.mp4"),
               "--model", str(folder), "--refine-strength", "2"])

@@ -69,6 +69,12 @@ class GeneratedVideos:
         return self.base_fps * self.stride
 
 
+#: The pipeline settings that decide sampling, recorded in ``metrics.json``.
+SAMPLING_SETTINGS = ("sampler", "num_inference_steps", "guidance_scale", "key_frame_sampler",
+                     "key_frame_num_inference_steps",
+                     "interp_sampler", "interp_num_inference_steps", "refine_strength", "pin_key_frame")
+
+
 def truth_key_frames(specs: Sequence) -> list[Image.Image]:
     """The ground-truth key frames of clip specs: each clip's rendered centre frame (stage two measured alone)."""
     return [Image.fromarray(render_frame(s, s.num_frames // 2)) for s in specs]
@@ -155,6 +161,8 @@ def evaluate_mode(pipe: MicroCinemaPipeline, specs: list, mode: str, *, steps: i
 def write_report(out: Path, results: dict) -> None:
     lines = ["# Stage two: videos judged from pixels", "",
              "Regenerate: `python -m microcinema.eval.stage_two " + results["command"] + "`", ""]
+    if results.get("settings"):
+        lines += ["Sampling settings: " + ", ".join(f"{k} {v}" for k, v in results["settings"].items()), ""]
     for mode, m in results["modes"].items():
         p = m["against_prompt"]
         lines += [f"## {mode} ({m['num']} prompts, {m['steps']} steps, {m['frames']} frames, "
@@ -183,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
     parser.add_argument("--num", type=int, default=100)
     parser.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="the base model's steps (default: the pipeline's; its other stages keep their own)")
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--no-interpolate", action="store_true")
     parser.add_argument("--prompt-seed", type=int, default=999,
@@ -193,16 +202,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--refine-strength", type=float, default=None,
                         help="key-frame refinement of the base and in-between frames, 0 = off "
                              "(default: the pipeline's)")
+    parser.add_argument("--key-frame-steps", type=int, default=None,
+                        help="stage one's steps (default: the pipeline's setting, else --steps)")
+    parser.add_argument("--interp-steps", type=int, default=None,
+                        help="the interpolation's steps (default: the pipeline's setting, else --steps)")
+    parser.add_argument("--sampler", default=None, help="the base model's sampler (default: the pipeline's)")
+    parser.add_argument("--interp-sampler", default=None,
+                        help="the interpolation's sampler (default: the pipeline's)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = MicroCinemaPipeline.from_pretrained(args.model) if args.model else MicroCinemaPipeline.embedded()
     pipe.pin_key_frame = not args.no_pin_key_frame
-    if args.refine_strength is not None:
-        pipe.refine_strength = args.refine_strength
+    overrides = {"num_inference_steps": args.steps, "refine_strength": args.refine_strength, "key_frame_num_inference_steps": args.key_frame_steps,
+                 "interp_num_inference_steps": args.interp_steps, "sampler": args.sampler,
+                 "interp_sampler": args.interp_sampler}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(pipe, name, value)
     specs = domain_prompts(args.num, seed=args.prompt_seed)
-    results = {"command": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "modes": {}}
+    results = {"command": " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+               "settings": {k: pipe.config.get(k) for k in SAMPLING_SETTINGS}, "modes": {}}
     for mode in args.mode:
-        metrics, base, rows = evaluate_mode(pipe, specs, mode, steps=args.steps, batch_size=args.batch_size,
+        metrics, base, rows = evaluate_mode(pipe, specs, mode, steps=pipe.num_inference_steps,
+                                            batch_size=args.batch_size,
                                             seed=0, interpolate=not args.no_interpolate)
         results["modes"][mode] = metrics
         (args.out / f"videos_{mode}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -49,9 +49,9 @@ def check_prompts(prompt: str | list[str]) -> list[str]:
     return prompts
 
 
-def check_steps(num_inference_steps: int) -> int:
-    check(isinstance(num_inference_steps, (int, np.integer)) and num_inference_steps >= 1,
-          f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+def check_steps(num_inference_steps: int, name: str = "num_inference_steps") -> int:
+    check(isinstance(num_inference_steps, (int, np.integer)) and not isinstance(num_inference_steps, bool)
+          and num_inference_steps >= 1, f"{name} must be an integer >= 1, got {num_inference_steps!r}")
     return int(num_inference_steps)
 
 

@@ -76,6 +76,11 @@ def _at_least_one_step(steps: int, strength: float) -> float:
     return max(1, int(steps * strength + 1e-9)) / steps
 
 
+def _first(*values: Any) -> Any:
+    """The first of ``values`` that is not None (a call's override, then the pipeline's setting, then a default)."""
+    return next(v for v in values if v is not None)
+
+
 def _refine_steps(steps: int, strength: float) -> int:
     """How many network calls a refinement pass of ``strength`` makes in a ``steps``-step schedule (0: off)."""
     return round(steps * _at_least_one_step(steps, strength)) if strength > 0 else 0
@@ -172,7 +177,10 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
     ``base_fps``, ``noise_prior_lambda``/``gamma`` (base) and ``interp_noise_prior_lambda``/``gamma`` (the
     interpolation model's own, not changed by call overrides), ``min_num_frames``/``max_num_frames``,
     ``pin_key_frame``, ``interp_anchor_means``, ``refine_strength``, ``text_max_length`` (None: CLIP's 77, else
-    32), ``decode_chunk_size`` (frames per VAE call).
+    32), ``decode_chunk_size`` (frames per VAE call), ``num_inference_steps`` (the base model's steps when a
+    call does not say), ``key_frame_num_inference_steps`` and ``interp_num_inference_steps`` (stage one's and the
+    interpolation's; None: the base model's, as diffusers' two-stage pipelines keep ``prior_num_inference_steps``
+    apart from ``num_inference_steps``), ``interp_sampler`` (None: ``sampler``).
     """
 
     model_cpu_offload_seq = "text_encoder->key_frame_unet->unet->interp_unet->vae"
@@ -188,7 +196,9 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                  interp_noise_prior_lambda: float = DEFAULT_LAMBDA, interp_noise_prior_gamma: float = DEFAULT_GAMMA,
                  min_num_frames: int = 3, max_num_frames: int = 17, pin_key_frame: bool = True,
                  interp_anchor_means: bool = False, refine_strength: float = 0.0, text_max_length: int | None = None,
-                 decode_chunk_size: int = 16) -> None:
+                 decode_chunk_size: int = 16, num_inference_steps: int = 25,
+                 key_frame_num_inference_steps: int | None = None,
+                 interp_sampler: str | None = None, interp_num_inference_steps: int | None = None) -> None:
         super().__init__()
         scheduler = scheduler if scheduler is not None else sd_scheduler()
         text_max_length = self.register_components(
@@ -197,6 +207,13 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         _check_sampler(sampler)
         if key_frame_sampler is not None:
             _check_sampler(key_frame_sampler, "key_frame_sampler")
+        if interp_sampler is not None:
+            _check_sampler(interp_sampler, "interp_sampler")
+        for name, value in (("num_inference_steps", num_inference_steps),
+                            ("key_frame_num_inference_steps", key_frame_num_inference_steps),
+                            ("interp_num_inference_steps", interp_num_inference_steps)):
+            if value is not None:
+                check_steps(value, name)
         for name, value in (("guidance_scale", guidance_scale), ("key_frame_guidance_scale", key_frame_guidance_scale)):
             check(isinstance(value, (int, float)) and value >= 0, f"{name} must be >= 0 (1 = no guidance), got {value!r}")
         check(isinstance(min_num_frames, int) and isinstance(max_num_frames, int) and 1 <= min_num_frames <= max_num_frames,
@@ -210,7 +227,10 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                         interp_noise_prior_gamma=interp_noise_prior_gamma, min_num_frames=min_num_frames,
                         max_num_frames=max_num_frames, pin_key_frame=bool(pin_key_frame),
                         interp_anchor_means=bool(interp_anchor_means), refine_strength=_check_strength(refine_strength),
-                        text_max_length=text_max_length, decode_chunk_size=int(decode_chunk_size))
+                        text_max_length=text_max_length, decode_chunk_size=int(decode_chunk_size),
+                        num_inference_steps=int(num_inference_steps),
+                        key_frame_num_inference_steps=key_frame_num_inference_steps, interp_sampler=interp_sampler,
+                        interp_num_inference_steps=interp_num_inference_steps)
         self.register_settings(**settings)
         self._key_frame_model = key_frame_model
 
@@ -425,7 +445,8 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         # the refinement re-runs the last timesteps with the same condition: AppearNet's features are reused
         with _reused_appearance_features(self.interp_unet, _refine_steps(steps, refine_strength)):
             clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
-                                 sampler=self.sampler, stage="interpolation", init_mean=(lam + gamma) * condition)
+                                 sampler=self.interp_sampler or self.sampler, stage="interpolation",
+                                 init_mean=(lam + gamma) * condition)
             if refine_strength > 0:
                 full = join_clips(latents, clips)
                 between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
@@ -436,7 +457,8 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                                  "b f c m h w -> (b f) c m h w")
                 noise = self.prepare_latents(tuple(clips.shape), generator, device=latents.device)
                 clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
-                                     sampler=self.sampler, stage="interpolation_refine", init_mean=lam * condition,
+                                     sampler=self.interp_sampler or self.sampler, stage="interpolation_refine",
+                                     init_mean=lam * condition,
                                      init=init, strength=_at_least_one_step(steps, refine_strength))
         return join_clips(latents, clips)
 
@@ -444,7 +466,8 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], image: Any = None, negative_prompt: str | list[str] | None = None,
                  height: int | None = None, width: int | None = None, num_frames: int = 9,
-                 num_inference_steps: int = 25, guidance_scale: float | None = None, num_videos_per_prompt: int = 1,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 num_videos_per_prompt: int = 1,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  decode_chunk_size: int | None = None, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable | None = None,
@@ -452,6 +475,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                  interpolate: bool = True, noise_prior_lambda: float | None = None,
                  noise_prior_gamma: float | None = None, pin_key_frame: bool | None = None,
                  interp_anchor_means: bool | None = None, refine_strength: float | None = None,
+                 key_frame_num_inference_steps: int | None = None, interp_num_inference_steps: int | None = None,
                  progress: bool | None = None) -> VideoPipelineOutput | tuple:
         """Generate ``num_videos_per_prompt`` videos per prompt.
 
@@ -461,7 +485,8 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         model; default ``""``). ``latents``: the base model's initial noise ``(B * n, C, F, h, w)`` (the prior's
         mean is added to it). ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps ->
         33 at 8). ``noise_prior_lambda``/``gamma``, ``pin_key_frame``, ``interp_anchor_means``,
-        ``refine_strength``: per-call overrides of the pipeline's settings. ``callback_on_step_end(pipe, i, t,
+        ``refine_strength``, ``num_inference_steps`` (the base model's), ``key_frame_num_inference_steps``,
+        ``interp_num_inference_steps``: per-call overrides of the pipeline's settings (None: the setting). ``callback_on_step_end(pipe, i, t,
         {"latents": ...})`` runs after every step of every sampling pass (``pipe.stage`` names it: key_frame,
         base, refine, interpolation, interpolation_refine) and may return replacement ``latents``.
         ``progress=False`` silences the progress bars for this call (else ``set_progress_bar_config`` rules).
@@ -469,7 +494,11 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         ``return_dict=False``.
         """
         prompts = check_prompts(prompt)
-        steps = check_steps(num_inference_steps)
+        steps = check_steps(_first(num_inference_steps, self.num_inference_steps))
+        key_steps = check_steps(_first(key_frame_num_inference_steps, self.key_frame_num_inference_steps, steps),
+                                "key_frame_num_inference_steps")
+        interp_steps = check_steps(_first(interp_num_inference_steps, self.interp_num_inference_steps, steps),
+                                   "interp_num_inference_steps")
         num_frames = self.check_num_frames(num_frames)
         per_prompt = check_count("num_videos_per_prompt", num_videos_per_prompt)
         scale = self.guidance_scale if guidance_scale is None else guidance_scale
@@ -505,7 +534,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
 
         with self._call_state(callback_on_step_end, callback_on_step_end_tensor_inputs, progress, scale):
             if images is None:
-                key_frames = self.generate_key_frames(batch, batch_negatives, steps=steps, generator=generator,
+                key_frames = self.generate_key_frames(batch, batch_negatives, steps=key_steps, generator=generator,
                                                       height=height, width=width, decode_chunk_size=chunk)
             else:
                 loaded = [load_image(im, (height, width)) for im in images]
@@ -526,7 +555,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                                              decode_chunk_size=chunk)
                     lap("refine")
             if interpolate:
-                video = self.interpolate(video, steps=steps, generator=generator, lam=self.interp_noise_prior_lambda,
+                video = self.interpolate(video, steps=interp_steps, generator=generator, lam=self.interp_noise_prior_lambda,
                                          gamma=self.interp_noise_prior_gamma, anchor_means=interp_anchor_means,
                                          refine_strength=refine, decode_chunk_size=chunk)
                 fps = self.base_fps * INTERPOLATION_FACTOR
