@@ -39,6 +39,7 @@ from microcinema.core.errors import MicroCinemaError, check
 from microcinema.core.samplers import SAMPLERS, SCHEDULER_LOOP, StepCallback, check_prediction_type, sample
 from microcinema.core.text_encoders import TextEncoder, wrap_text_encoder
 from microcinema.pipelines.text_to_image import check_prompts, unet_text_cond
+from microcinema.models.layers import cache_attention_signatures
 
 #: What ``output_type`` may be.
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
@@ -137,6 +138,7 @@ class VideoDiffusionPipeline(DiffusionPipeline):
         for module in components.values():
             if isinstance(module, torch.nn.Module):
                 module.eval()
+                cache_attention_signatures(module)  # same outputs, less Python per attention call
         self._text_wrapper = wrapper
         return text_max_length
 
