@@ -213,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = MicroCinemaPipeline.from_pretrained(args.model) if args.model else MicroCinemaPipeline.embedded()
     pipe.pin_key_frame = not args.no_pin_key_frame
-    overrides = {"num_inference_steps": args.steps, "refine_strength": args.refine_strength, "key_frame_num_inference_steps": args.key_frame_steps,
+    overrides = {"num_inference_steps": args.steps, "refine_strength": args.refine_strength,
+                 "key_frame_num_inference_steps": args.key_frame_steps,
                  "interp_num_inference_steps": args.interp_steps, "sampler": args.sampler,
                  "interp_sampler": args.interp_sampler}
     for name, value in overrides.items():

@@ -486,9 +486,10 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         mean is added to it). ``interpolate``: x4 frame rate with the interpolation model (9 frames at 2 fps ->
         33 at 8). ``noise_prior_lambda``/``gamma``, ``pin_key_frame``, ``interp_anchor_means``,
         ``refine_strength``, ``num_inference_steps`` (the base model's), ``key_frame_num_inference_steps``,
-        ``interp_num_inference_steps``: per-call overrides of the pipeline's settings (None: the setting). ``callback_on_step_end(pipe, i, t,
-        {"latents": ...})`` runs after every step of every sampling pass (``pipe.stage`` names it: key_frame,
-        base, refine, interpolation, interpolation_refine) and may return replacement ``latents``.
+        ``interp_num_inference_steps``: per-call overrides of the pipeline's settings (None: the setting).
+        ``callback_on_step_end(pipe, i, t, {"latents": ...})`` runs after every step of every sampling pass
+        (``pipe.stage`` names it: key_frame, base, refine, interpolation, interpolation_refine) and may return
+        replacement ``latents``.
         ``progress=False`` silences the progress bars for this call (else ``set_progress_bar_config`` rules).
         Returns a :class:`~microcinema.pipelines.base.VideoPipelineOutput`, or ``(frames,)`` when
         ``return_dict=False``.
@@ -555,7 +556,8 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                                              decode_chunk_size=chunk)
                     lap("refine")
             if interpolate:
-                video = self.interpolate(video, steps=interp_steps, generator=generator, lam=self.interp_noise_prior_lambda,
+                video = self.interpolate(video, steps=interp_steps, generator=generator,
+                                         lam=self.interp_noise_prior_lambda,
                                          gamma=self.interp_noise_prior_gamma, anchor_means=interp_anchor_means,
                                          refine_strength=refine, decode_chunk_size=chunk)
                 fps = self.base_fps * INTERPOLATION_FACTOR
