@@ -3,8 +3,8 @@
 Default (timing): median of --runs single-prompt generations with the embedded preset's settings (sampler and
 steps of each stage: stage one, the base model, the x4 interpolation; text guidance in stage one and two,
 refinement, no guidance in the interpolation; --steps, --key-frame-steps, --interp-steps, --sampler and
---interp-sampler override them), after one warm-up run; prints the median time of each stage (the pipeline's ``out.timings``), the
-peak resident memory during the timed runs (Linux VmHWM, reset before the runs), and then:
+--interp-sampler override them), after one warm-up run; prints the median time of each stage (the pipeline's
+``out.timings``), the peak resident memory during the timed runs (Linux VmHWM, reset before the runs), and then:
 
 * GFLOP per video and per stage (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions and
   attention; elementwise work and norms are not counted), from one separate counted run with the same prompt,
@@ -350,21 +350,15 @@ def main() -> None:
         return
 
     from microcinema import MicroCinemaPipeline
+    from microcinema.eval.stage_two import set_sampling
 
     t0 = time.perf_counter()
     pipe = MicroCinemaPipeline.embedded()
     load = time.perf_counter() - t0
-    overrides = {"num_inference_steps": args.steps, "key_frame_num_inference_steps": args.key_frame_steps, "interp_num_inference_steps": args.interp_steps,
-                 "sampler": args.sampler, "interp_sampler": args.interp_sampler}
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(pipe, name, value)
-    args.steps = pipe.num_inference_steps
-    report["steps"] = args.steps
-    report["settings"] = {k: pipe.config.get(k) for k in ("sampler", "num_inference_steps", "key_frame_sampler",
-                                                          "interp_sampler",
-                                                          "key_frame_num_inference_steps",
-                                                          "interp_num_inference_steps", "refine_strength")}
+    report["settings"] = set_sampling(pipe, num_inference_steps=args.steps, sampler=args.sampler,
+                                      key_frame_num_inference_steps=args.key_frame_steps,
+                                      interp_num_inference_steps=args.interp_steps, interp_sampler=args.interp_sampler)
+    args.steps = report["steps"] = pipe.num_inference_steps
     print("settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
     flops = count_flops(pipe, args.prompt, args.steps)
     report["flops"] = flops

@@ -23,7 +23,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,15 @@ class GeneratedVideos:
 SAMPLING_SETTINGS = ("sampler", "num_inference_steps", "guidance_scale", "key_frame_sampler",
                      "key_frame_num_inference_steps",
                      "interp_sampler", "interp_num_inference_steps", "refine_strength", "pin_key_frame")
+
+
+def set_sampling(pipe: MicroCinemaPipeline, **settings: Any) -> dict[str, Any]:
+    """Set the given pipeline settings (those not None: command-line overrides) and return the sampling
+    settings now in force (:data:`SAMPLING_SETTINGS`, as recorded in ``metrics.json``)."""
+    for name, value in settings.items():
+        if value is not None:
+            setattr(pipe, name, value)
+    return {k: pipe.config.get(k) for k in SAMPLING_SETTINGS}
 
 
 def truth_key_frames(specs: Sequence) -> list[Image.Image]:
@@ -213,16 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = MicroCinemaPipeline.from_pretrained(args.model) if args.model else MicroCinemaPipeline.embedded()
     pipe.pin_key_frame = not args.no_pin_key_frame
-    overrides = {"num_inference_steps": args.steps, "refine_strength": args.refine_strength,
-                 "key_frame_num_inference_steps": args.key_frame_steps,
-                 "interp_num_inference_steps": args.interp_steps, "sampler": args.sampler,
-                 "interp_sampler": args.interp_sampler}
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(pipe, name, value)
+    settings = set_sampling(pipe, num_inference_steps=args.steps, refine_strength=args.refine_strength,
+                            key_frame_num_inference_steps=args.key_frame_steps,
+                            interp_num_inference_steps=args.interp_steps, sampler=args.sampler,
+                            interp_sampler=args.interp_sampler)
     specs = domain_prompts(args.num, seed=args.prompt_seed)
     results = {"command": " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-               "settings": {k: pipe.config.get(k) for k in SAMPLING_SETTINGS}, "modes": {}}
+               "settings": settings, "modes": {}}
     for mode in args.mode:
         metrics, base, rows = evaluate_mode(pipe, specs, mode, steps=pipe.num_inference_steps,
                                             batch_size=args.batch_size,

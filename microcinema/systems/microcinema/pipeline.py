@@ -442,11 +442,11 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
         eps_model = cfg_eps_model(self._eps_model(self.interp_unet), cond, cond, 1.0)
         if self.interp_anchor_means if anchor_means is None else anchor_means:
             eps_model = mean_anchor_eps_model(eps_model, condition.mean(dim=(-2, -1), keepdim=True), self.scheduler)
+        sampler = self.interp_sampler or self.sampler
         # the refinement re-runs the last timesteps with the same condition: AppearNet's features are reused
         with _reused_appearance_features(self.interp_unet, _refine_steps(steps, refine_strength)):
-            clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
-                                 sampler=self.interp_sampler or self.sampler, stage="interpolation",
-                                 init_mean=(lam + gamma) * condition)
+            clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator, sampler=sampler,
+                                 stage="interpolation", init_mean=(lam + gamma) * condition)
             if refine_strength > 0:
                 full = join_clips(latents, clips)
                 between = [i for i in range(full.shape[2]) if i % INTERPOLATION_FACTOR]
@@ -457,8 +457,7 @@ class MicroCinemaPipeline(VideoDiffusionPipeline):
                                  "b f c m h w -> (b f) c m h w")
                 noise = self.prepare_latents(tuple(clips.shape), generator, device=latents.device)
                 clips = self.denoise(eps_model, noise, num_inference_steps=steps, generator=generator,
-                                     sampler=self.interp_sampler or self.sampler, stage="interpolation_refine",
-                                     init_mean=lam * condition,
+                                     sampler=sampler, stage="interpolation_refine", init_mean=lam * condition,
                                      init=init, strength=_at_least_one_step(steps, refine_strength))
         return join_clips(latents, clips)
 
