@@ -275,6 +275,8 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interp-steps", type=positive_int("--interp-steps"), default=None,
                         help="the x4 interpolation's steps (default: the model's; the embedded one: 8)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="text guidance (>= 0; default: the model's)")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="what the text guidance steers away from (default: the empty prompt)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-interpolate", action="store_true", help="keep the 2 fps base frames (no x4 interpolation)")
     parser.add_argument("--no-pin-key-frame", action="store_true",
@@ -332,7 +334,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     pipeline.check_num_frames(args.frames)
     # latents, then this project's uint8 rounding (pipeline.decode_to_uint8): the same files as before the
     # pipeline became a diffusers one (whose "np" output is floats in [0, 1])
-    out = pipeline(args.prompt, image=args.image, num_frames=args.frames, num_inference_steps=args.steps,
+    out = pipeline(args.prompt, image=args.image, negative_prompt=args.negative_prompt, num_frames=args.frames, num_inference_steps=args.steps,
                    key_frame_num_inference_steps=args.key_frame_steps, interp_num_inference_steps=args.interp_steps,
                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
                    interpolate=not args.no_interpolate, pin_key_frame=False if args.no_pin_key_frame else None,
@@ -429,6 +431,46 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.out / 'metrics.json'} and {args.out / 'report.md'}")
 
 
+UI_EXAMPLES = """\
+examples:
+  microcinema ui
+      the embedded models at http://127.0.0.1:7860 (offline); open it in a browser
+  microcinema ui --host 0.0.0.0 --port 8080 --model ./my-microcinema --outputs ~/microcinema-runs
+      your own MicroCinema pipeline folder, reachable from other machines, runs kept in ~/microcinema-runs
+"""
+
+
+def _add_ui_command(subparsers: argparse._SubParsersAction) -> None:
+    ui = subparsers.add_parser(
+        "ui", help="the web UI (gradio): all three systems in a browser", epilog=UI_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A web page with one tab per system (MicroCinema, ART-V, few-shot tuning) and a gallery of "
+                    "past runs with their settings and seeds. One job runs at a time; others wait in a capped "
+                    "queue. Needs the 'ui' extra: pip install 'microcinema[ui]'.")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=positive_int("--port"), default=7860, help="port (default 7860)")
+    ui.add_argument("--model", default=None, help="a MicroCinema pipeline folder (default: the embedded models)")
+    ui.add_argument("--artv-model", default=None, help="an ART-V pipeline folder (default: the embedded model)")
+    ui.add_argument("--fewshot-base", default="embedded",
+                    help="the base few-shot tuning inflates: 'embedded' or a Stable Diffusion folder")
+    ui.add_argument("--outputs", type=Path, default=Path("microcinema_ui"),
+                    help="folder for past runs and adapters (default ./microcinema_ui)")
+    ui.add_argument("--max-queue", type=positive_int("--max-queue"), default=4,
+                    help="requests that may wait while one runs (default 4); more are told the queue is full")
+    ui.add_argument("--open", action="store_true", help="open the page in the default browser")
+    ui.set_defaults(func=_cmd_ui)
+
+
+def _cmd_ui(args: argparse.Namespace) -> None:
+    from microcinema.ui.app import launch
+    from microcinema.ui.backend import Studio
+
+    studio = Studio(outputs=args.outputs, model=args.model, artv_model=args.artv_model,
+                    fewshot_base=args.fewshot_base)
+    print(f"microcinema ui: http://{args.host}:{args.port} (runs in {args.outputs}); Ctrl+C stops it")
+    launch(studio, host=args.host, port=args.port, max_queue=args.max_queue, open_browser=args.open)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="microcinema", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     from microcinema import __version__
@@ -447,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     from microcinema.systems.artv.cli import add_artv_command
 
     add_artv_command(subparsers)
+    _add_ui_command(subparsers)
     return parser
 
 

@@ -418,3 +418,26 @@ def test_probe_sees_ema_weights_and_does_not_change_training(tmp_path: Path) -> 
     resumed.train()
     assert [s[0] for s in seen] == [12]
     assert [r["step"] for r in read_loss_log(tmp_path / "probed" / "probe.jsonl")] == [4, 8, 12]
+
+
+def test_should_stop_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path: Path) -> None:
+    """A cancel (should_stop) after step 3 of 8: TrainingStopped, a checkpoint of step 3, and running again
+    ends with the weights of an uninterrupted run (nothing lost)."""
+    from microcinema.training.trainer import TrainingStopped
+
+    def trainer(out: Path, should_stop=None) -> Trainer:
+        torch.manual_seed(0)
+        config = job.make_config(str(out), 8, ema_decay=None, checkpoint_every=100)
+        return Trainer(job.TinyDenoiser(), job.TinyData(), job.SlowLoss(), config, should_stop=should_stop)
+
+    plain = trainer(tmp_path / "plain")
+    plain.train()
+    stopped = trainer(tmp_path / "stopped", should_stop=lambda: stopped.global_step >= 3)
+    with pytest.raises(TrainingStopped, match="stopped at step 3"):
+        stopped.train()
+    assert latest_checkpoint(tmp_path / "stopped").name.endswith("3")
+    resumed = trainer(tmp_path / "stopped")
+    result = resumed.train()
+    assert result.resumed_from is not None and result.global_step == 8
+    for a, b in zip(plain.trainable_params, resumed.trainable_params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

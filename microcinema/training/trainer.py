@@ -91,6 +91,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainingStopped",
     "condition_dropout_mask",
     "drop_conditions",
     "latest_checkpoint",
@@ -185,6 +186,15 @@ class TrainConfig:
         if self.lr_schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0 - progress
+
+
+class TrainingStopped(MicroCinemaError):
+    """:meth:`Trainer.train` stopped early because ``should_stop()`` said so; a checkpoint of the last step was
+    saved first, so the same run resumes exactly from it."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"training stopped at step {step}; checkpoint {checkpoint} saved: run it again to resume")
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -447,6 +457,9 @@ class Trainer:
             (eval mode, no grad) every ``config.probe_every`` steps and at the end, before that step's
             checkpoint; records go to ``probe.jsonl``. It must draw from its own generator: the training
             draws do not depend on it, so a run with a probe trains exactly as one without.
+        should_stop: optional ``should_stop() -> bool``, asked after every step (a cancel button, a time limit);
+            when it says so on any process, a checkpoint of that step is saved and :class:`TrainingStopped`
+            raised: running the same training again resumes exactly there.
     """
 
     def __init__(
@@ -461,6 +474,7 @@ class Trainer:
         trainable: Callable[[str, nn.Parameter], bool] | None = None,
         local_data: bool = False,
         probe: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
@@ -472,6 +486,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.log_path = self.output_dir / LOG_NAME
         self.probe = probe
+        self.should_stop = should_stop
         self.probe_path = self.output_dir / PROBE_NAME
 
         if trainable is not None:
@@ -751,6 +766,13 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
         acc.wait_for_everyone()
 
+    def _stop_requested(self) -> bool:
+        """``should_stop()`` on any process (all processes agree, so they stop at the same step)."""
+        if self.should_stop is None:
+            return False
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
     def _export_final(self) -> Path:
         """Save the EMA (or raw) weights to ``output_dir/final`` (atomically)."""
         from safetensors.torch import save_model
@@ -828,6 +850,11 @@ class Trainer:
             if self.global_step % cfg.checkpoint_every == 0 or last:
                 self.save_checkpoint()
                 self._write_seen()
+            elif self._stop_requested():
+                checkpoint = self.save_checkpoint()
+                self._write_seen()
+                bar.close()
+                raise TrainingStopped(self.global_step, checkpoint)
         bar.close()
         self._write_seen()
         acc.wait_for_everyone()

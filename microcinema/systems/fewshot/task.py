@@ -214,9 +214,14 @@ def make_loss_fn(scheduler_config: dict[str, Any], noise: str, noise_alpha: floa
     return loss_fn
 
 
-def train_fewshot(settings: FewShotSettings, *, log: Any = print) -> dict[str, Any]:
+def train_fewshot(settings: FewShotSettings, *, log: Any = print, probe: Any = None, probe_every: int | None = None,
+                  should_stop: Any = None) -> dict[str, Any]:
     """Tune and save an adapter (see the module docstring); returns a report (paths, counts, timings, estimate).
-    ``settings.dry_run``: check the data, base and settings and print the memory estimate, train nothing."""
+    ``settings.dry_run``: check the data, base and settings and print the memory estimate, train nothing.
+    ``probe(model, step)`` (the inflated :class:`~microcinema.systems.fewshot.inflation.FewShotVideoUNet` with the
+    weights of that step; e.g. a sample for a live view) runs every ``probe_every`` steps and at the end;
+    ``should_stop()`` is asked after every step: when true, a checkpoint is saved and
+    :class:`~microcinema.training.trainer.TrainingStopped` raised (the same settings resume from it)."""
     from microcinema.systems.fewshot.adapter import AdapterMetadata, save_adapter
     from microcinema.systems.fewshot.base import load_base
     from microcinema.systems.fewshot.data import read_tuning_clips
@@ -278,10 +283,12 @@ def train_fewshot(settings: FewShotSettings, *, log: Any = print) -> dict[str, A
                          warmup_steps=min(warmup, settings.steps - 1), lr_schedule=settings.lr_schedule,
                          checkpoint_every=settings.checkpoint_every, log_every=settings.log_every,
                          seed=settings.seed, mixed_precision=settings.mixed_precision,
-                         progress_bar=settings.progress,
+                         progress_bar=settings.progress, probe_every=probe_every if probe is not None else None,
                          extra={"fewshot": settings.identity(), "base_fingerprint": base.fingerprint})
+    view_probe = None if probe is None else (lambda v, step: probe(v.inner, step) or {})
     trainer = Trainer(view, _ClipLatents(items), make_loss_fn(base.scheduler_config, settings.noise,
-                                                               settings.noise_alpha), config)
+                                                               settings.noise_alpha), config,
+                      probe=view_probe, should_stop=should_stop)
     trained = time.time()
     result = trainer.train()
     trained = time.time() - trained
