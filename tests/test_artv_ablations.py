@@ -57,8 +57,6 @@ def quick_row_plots(monkeypatch):
     """Each row's curves.png and grid.png (the benchmark's, tested in test_drift.py) as empty files: matplotlib
     would take most of this test's time."""
     import microcinema.core.video_io as video_io
-    import microcinema.eval.longvideo as longvideo
-
     monkeypatch.setattr(longvideo, "plot_drift", lambda path, *a, **k: Path(path).touch())
     monkeypatch.setattr(video_io, "save_grid", lambda path, *a, **k: Path(path).touch())
 
@@ -105,6 +103,23 @@ def test_missing_ablated_models_are_skipped_with_a_note(ablations, folders, quic
     assert any("no_anchor_trained skipped" in n for n in result["notes"])
     claims = {c["claim"]: c["held"] for c in result["claims"]}
     assert claims["dropping masked diffusion makes the videos drift more (Fig. 8 a)"] is None
+    # run again with an ablated model: the rows already made are reused (with the full row's mask curve)
+    made = []
+    real = ablations.run_longvideo
+
+    def counting(make_video, out, **kw):
+        made.append(Path(out).name)
+        return real(make_video, out, **kw)
+
+    ablations.run_longvideo = counting
+    try:
+        again = ablations.run_ablations(folders["full"], tmp_path / "out", no_mask_model=folders["no_mask"],
+                                        num_sequences=1, frames_per_segment=2, num_segments=2, steps=1, levels=[200])
+    finally:
+        ablations.run_longvideo = real
+    assert made == ["no_masked_diffusion"]
+    assert [r["name"] for r in again["rows"]] == ["full", "no_masked_diffusion", "no_anchor_inference", "ref_level_200"]
+    assert again["mask_per_step"] == result["mask_per_step"] and again["rows"][0] == result["rows"][0]
 
 
 def test_without_anchor_samples_every_frame_without_the_anchor_and_restores(ablations, folders):

@@ -208,5 +208,11 @@ def test_fewshot_train_bad_input(studio, bounce_clips, tmp_path):
         events = list(run_job(lambda job: studio.fewshot_train(job, files, caption, steps=1)))
         assert events[-1].kind == "error" and message in str(events[-1].payload), events[-1].payload
         assert isinstance(events[-1].payload, MicroCinemaError)
+    short = tmp_path / "short"
+    from microcinema.systems.fewshot.data import write_fewshot_clips
+
+    write_fewshot_clips(short, "bounce", num=2, num_frames=6, colours=["red"], objects=["circle"])
+    events = list(run_job(lambda job: studio.fewshot_train(job, sorted(short.rglob("*.mp4")), "a bounce", steps=1)))
+    assert events[-1].kind == "error" and "frames" in str(events[-1].payload), events[-1].payload
     events = list(run_job(lambda job: studio.fewshot_generate(job, "", "a star bouncing")))
     assert "no adapter yet" in str(events[-1].payload)

@@ -90,6 +90,21 @@ def test_generate_shows_key_frame_video_and_seed(page, server, tmp_path):
     assert ".mp4" in files and ".gif" in files  # both downloads
 
 
+def test_past_runs_show_settings_and_seed(page, server):
+    runs = server[1].runs.list()
+    assert runs, "test_generate_shows_key_frame_video_and_seed made a run"
+    page.get_by_role("tab", name="Past runs").click()
+    page.locator("#runs-refresh").click()
+    thumbnails = page.locator("#runs-gallery button.thumbnail-item")
+    thumbnails.first.wait_for(timeout=30_000)
+    assert thumbnails.count() == len(runs)
+    thumbnails.first.click()
+    settings = page.locator("#runs-settings")
+    settings.filter(has_text="command").wait_for(timeout=30_000)
+    assert str(runs[0].seed) in settings.inner_text()
+    page.locator("#runs-video video").wait_for(timeout=30_000)
+
+
 def test_empty_prompt_shows_a_message(page):
     _fill(page, "mc-prompt", "   ")
     page.locator("#mc-generate").click()
@@ -164,3 +179,48 @@ def test_concurrent_requests_are_answered_or_told_the_queue_is_full(server):
         outcomes = list(pool.map(request, range(5), timeout=WAIT_MS / 1000 * 3))
     assert all(o in ("ok", "full") for o in outcomes), outcomes
     assert outcomes.count("ok") >= 2 and outcomes.count("full") >= 1, outcomes
+
+
+def test_fewshot_tab_uploads_tunes_and_generates(page, server, tmp_path):
+    from microcinema.systems.fewshot.data import write_fewshot_clips
+
+    write_fewshot_clips(tmp_path / "clips", "bounce", num=2, colours=["red"], objects=["circle"])
+    clips = sorted((tmp_path / "clips").rglob("*.mp4"))
+    page.get_by_role("tab", name="Few-shot").click()
+    page.locator("#fs-clips input[type=file]").set_input_files([str(c) for c in clips])
+    _fill(page, "fs-caption", "a red circle bouncing")
+    _fill(page, "fs-steps", "2")
+    page.locator("#fs-train").click()
+    page.locator("#fs-status", has_text="Tuned 2 steps").wait_for(timeout=WAIT_MS)
+    adapter = page.locator("#fs-adapter textarea, #fs-adapter input").first.input_value()
+    assert adapter.endswith("adapter.safetensors") and Path(adapter).is_file()
+    assert page.locator("#fs-sample video").count() == 1  # the periodic sample
+    _fill(page, "fs-prompt", "a yellow star bouncing")
+    _fill(page, "fs-gen-steps", "1")
+    page.locator("#fs-generate").click()
+    page.locator("#fs-gen-status", has_text="Done").wait_for(timeout=WAIT_MS)
+    src = page.locator("#fs-video video").get_attribute("src")
+    (tmp_path / "side.mp4").write_bytes(page.request.get(src).body())
+    frames, _ = read_video(tmp_path / "side.mp4")
+    assert frames.shape[0] == 8 and frames.shape[2] >= 2 * 64  # tuned | untuned base
+
+
+@pytest.mark.parametrize("case", ["frames", "upload"])
+def test_bad_input_shows_a_readable_message(page, tmp_path, case):
+    if case == "frames":
+        _fill(page, "mc-prompt", "a red circle moving left")
+        _fill(page, "mc-frames", "4")
+        page.locator("#mc-generate").click()
+        status, message = "#mc-status", "num_frames must be an odd number"
+    else:
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(b"this is not a video")
+        other = tmp_path / "other.mp4"
+        other.write_bytes(b"nor is this")
+        page.get_by_role("tab", name="Few-shot").click()
+        page.locator("#fs-clips input[type=file]").set_input_files([str(broken), str(other)])
+        _fill(page, "fs-caption", "a red circle bouncing")
+        page.locator("#fs-train").click()
+        status, message = "#fs-status", "broken.mp4"
+    page.locator(status, has_text=message).wait_for(timeout=60_000)
+    assert "Error:" in page.locator(status).inner_text() and "Traceback" not in page.content()

@@ -129,6 +129,7 @@ class MaskRecorder:
         self.sums: dict[int, float] = {}
         self.counts: dict[int, int] = {}
         self.timesteps: dict[int, float] = {}
+        self.saved_curve: list[dict[str, float]] | None = None  # a reused row's curve
 
     def mask_callback(self, t: torch.Tensor, mask: torch.Tensor) -> None:
         self.pending.append(float(mask.float().mean()))
@@ -181,14 +182,31 @@ def run_ablations(model: str | Path, out: str | Path, *, no_mask_model: str | Pa
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
 
-    def run(name: str, what: str, pipe: Any, **stream: Any) -> dict[str, Any]:
+    def run(name: str, what: str, pipe: Any, recorder: "MaskRecorder | None" = None, **stream: Any) -> dict[str, Any]:
+        """One row; a row already in ``out`` with the same settings (``row.json``) is reused, so a run killed
+        or extended with a new model resumes where it was."""
         started = time.time()
+        key = {"what": what, "steps": steps, "first_frame": first_frame, "settings": settings,
+               **{k: v for k, v in bench.items() if k != "command"}}
+        saved = out / name / "row.json"
+        if saved.is_file():
+            record = json.loads(saved.read_text())
+            if record.get("key") == json.loads(json.dumps(key, default=str)):
+                print(f"[ablations] {name}: reusing {saved}", file=sys.stderr, flush=True)
+                rows.append(record["row"])
+                if recorder is not None:
+                    recorder.saved_curve = record.get("mask_per_step")
+                return record["row"]
         print(f"[ablations] {name}: {what}", file=sys.stderr, flush=True)
+        if recorder is not None:
+            stream = {**stream, "mask_callback": recorder.mask_callback, "callback_on_step_end": recorder.step_callback}
         make_video = artv_video_fn(pipe, first_frame=first_frame, num_inference_steps=steps, **stream)
         metrics = run_longvideo(make_video, out / name, label=f"ART-V ablation {name}",
                                 note=f"{what}; {steps} steps per frame, frame 0: {first_frame}", **bench)
         row = {"name": name, "what": what, **_row_numbers(metrics)}
         rows.append(row)
+        record = {"key": key, "row": row, "mask_per_step": recorder.curve() if recorder is not None else None}
+        saved.write_text(json.dumps(record, indent=2, default=str) + "\n")
         print(f"[ablations] {name}: done in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         return row
 
@@ -202,9 +220,8 @@ def run_ablations(model: str | Path, out: str | Path, *, no_mask_model: str | Pa
         return pipe
 
     recorder = MaskRecorder()
-    run("full", f"the full model (masked diffusion, anchor, reference level {base_level})", full,
-        mask_callback=recorder.mask_callback, callback_on_step_end=recorder.step_callback)
-    mask_curve = recorder.curve()
+    run("full", f"the full model (masked diffusion, anchor, reference level {base_level})", full, recorder=recorder)
+    mask_curve = recorder.saved_curve if recorder.saved_curve is not None else recorder.curve()
     if not mask_curve:
         notes.append("no mask curve: the full model has no masked diffusion")
 
