@@ -224,3 +224,16 @@ def test_bad_input_shows_a_readable_message(page, tmp_path, case):
         status, message = "#fs-status", "broken.mp4"
     page.locator(status, has_text=message).wait_for(timeout=60_000)
     assert "Error:" in page.locator(status).inner_text() and "Traceback" not in page.content()
+
+
+def test_uploaded_image_is_fitted_and_the_page_says_so(page, tmp_path):
+    from PIL import Image
+
+    Image.new("RGBA", (120, 90), (30, 200, 30, 255)).save(tmp_path / "key.png")
+    _fill(page, "mc-prompt", "a green square moving up")
+    _fill(page, "mc-steps", "1")
+    page.locator("#mc-image input[type=file]").set_input_files(str(tmp_path / "key.png"))
+    page.locator("#mc-generate").click()
+    page.locator("#mc-status", has_text="Done").wait_for(timeout=WAIT_MS)
+    status = page.locator("#mc-status").inner_text()
+    assert "Your image was" in status and "RGBA" in status and "120" in status and "microcinema animate" in status

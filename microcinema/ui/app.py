@@ -130,7 +130,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                     with gr.Column():
                         mc_prompt = gr.Textbox(label="Prompt", placeholder="a red circle moving left",
                                                elem_id="mc-prompt")
-                        mc_image = gr.Image(label="Key frame (optional; fitted to the model's size)", type="pil",
+                        mc_image = gr.Image(label="Key frame (optional; fitted to the model's size)", type="pil", image_mode=None,
                                             sources=["upload", "clipboard"], elem_id="mc-image")
                         mc_negative = gr.Textbox(label="Negative prompt", elem_id="mc-negative")
                         with gr.Row():
@@ -164,7 +164,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                             column_count=(2, "fixed"), row_count=2, interactive=True,
                             label=f"Prompts in order, with their frames (at most {MAX_ARTV_FRAMES} in all)",
                             elem_id="av-segments")
-                        av_image = gr.Image(label="First frame (optional)", type="pil", sources=["upload", "clipboard"],
+                        av_image = gr.Image(label="First frame (optional)", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                             elem_id="av-image")
                         with gr.Row():
                             av_steps = gr.Number(label="Steps per frame (0: the model's)", value=0, precision=0,
@@ -243,18 +243,21 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
         # -------------------------------------------------------------------- handlers
         def mc_handler(prompt, image, negative, steps, guidance, frames, seed, request: gr.Request,
                        progress=gr.Progress()):
+            fitted: list[str] = []
+
             def on_event(event: Event) -> dict | None:
                 if event.kind == "seed":
                     return {mc_seed_used: event.payload, mc_status: f"Seed {event.payload}: making the key frame..."}
                 if event.kind == "key_frame":
                     return {mc_key: _upscaled(event.payload)}
                 if event.kind == "notes" and event.payload:
-                    return {mc_status: "Your image was " + "; ".join(event.payload) + "."}
+                    fitted.append("Your image was " + "; ".join(event.payload) + ".")
+                    return {mc_status: fitted[0]}
                 return None
 
             def on_done(run: Run) -> dict:
                 return {mc_video: str(run.mp4), mc_files: [str(run.mp4), str(run.gif)],
-                        mc_status: _run_markdown(run), runs_gallery: gallery_items()}
+                        mc_status: " ".join([*fitted, _run_markdown(run)]), runs_gallery: gallery_items()}
 
             yield from drive(request, progress, lambda job: studio.microcinema(
                 job, prompt, image, negative, steps, guidance, seed, frames), mc_status, on_event, on_done)
