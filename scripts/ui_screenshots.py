@@ -49,21 +49,22 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(f"http://127.0.0.1:{port}", wait_until="networkidle")
 
+        def shot(name: str, label: str, started: float) -> None:
+            page.wait_for_timeout(1500)  # the video element settles
+            page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+            print(f"{label}: {time.time() - started:.1f} s")
+
         started = time.time()
         page.locator("#mc-prompt textarea").fill("a green star moving right on a navy background")
         page.locator("#mc-generate").click()
         page.locator("#mc-status", has_text="Done").wait_for(timeout=wait)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(args.out / "microcinema.png"), full_page=True)
-        print(f"microcinema tab: {time.time() - started:.1f} s")
+        shot("microcinema", "microcinema tab", started)
 
         started = time.time()
         page.get_by_role("tab", name="ART-V").click()
         page.locator("#av-generate").click()
         page.locator("#av-status", has_text="Done").wait_for(timeout=wait)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(args.out / "artv.png"), full_page=True)
-        print(f"ART-V tab: {time.time() - started:.1f} s")
+        shot("artv", "ART-V tab", started)
 
         started = time.time()
         page.get_by_role("tab", name="Few-shot").click()
@@ -75,17 +76,14 @@ def main() -> None:
         page.locator("#fs-prompt textarea").fill("a yellow triangle bouncing")
         page.locator("#fs-generate").click()
         page.locator("#fs-gen-status", has_text="Done").wait_for(timeout=wait)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(args.out / "fewshot.png"), full_page=True)
-        print(f"few-shot tab: {time.time() - started:.1f} s")
+        shot("fewshot", "few-shot tab", started)
 
         page.get_by_role("tab", name="Past runs").click()
         page.locator("#runs-refresh").click()
         page.wait_for_timeout(1500)
         page.locator("#runs-gallery button.thumbnail-item").first.click()
         page.locator("#runs-settings", has_text="seed").wait_for(timeout=30_000)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(args.out / "past_runs.png"), full_page=True)
+        shot("past_runs", "past runs tab", time.time())
         browser.close()
     demo.close()
     print(f"wrote {', '.join(str(args.out / n) for n in ('microcinema.png', 'artv.png', 'fewshot.png', 'past_runs.png'))}")

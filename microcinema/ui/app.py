@@ -116,6 +116,27 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
         session = getattr(request, "session_hash", None) or "local"
         return "Cancelling..." if registry.cancel(session) else "Nothing is running."
 
+    def seed_boxes(prefix: str) -> tuple[Any, Any]:
+        """The seed input (-1: random) and the read-only seed the last run used."""
+        return (gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id=f"{prefix}-seed"),
+                gr.Textbox(label="Seed used", interactive=False, elem_id=f"{prefix}-seed-used"))
+
+    def run_buttons(go_id: str, cancel_id: str, label: str = "Generate") -> tuple[Any, Any]:
+        with gr.Row():
+            return (gr.Button(label, variant="primary", elem_id=go_id),
+                    gr.Button("Cancel", variant="stop", elem_id=cancel_id))
+
+    def result_column(prefix: str, image_label: str | None, video_label: str, image_id: str = "",
+                      status_id: str = "", video_height: int = SHOW) -> tuple[Any, Any, Any, Any]:
+        """Status line, optional image, video and downloads of a tab's right-hand column."""
+        status = gr.Markdown(elem_id=status_id or f"{prefix}-status")
+        image = None if image_label is None else gr.Image(label=image_label, interactive=False, height=SHOW,
+                                                          elem_id=image_id)
+        video = gr.Video(label=video_label, interactive=False, autoplay=True, loop=True, height=video_height,
+                         elem_id=f"{prefix}-video")
+        files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id=f"{prefix}-files")
+        return status, image, video, files
+
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts: works offline
     with gr.Blocks(title="MicroCinema") as demo:
@@ -130,7 +151,8 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                     with gr.Column():
                         mc_prompt = gr.Textbox(label="Prompt", placeholder="a red circle moving left",
                                                elem_id="mc-prompt")
-                        mc_image = gr.Image(label="Key frame (optional; fitted to the model's size)", type="pil", image_mode=None,
+                        mc_image = gr.Image(label="Key frame (optional; fitted to the model's size)", type="pil",
+                                            image_mode=None,
                                             sources=["upload", "clipboard"], elem_id="mc-image")
                         mc_negative = gr.Textbox(label="Negative prompt", elem_id="mc-negative")
                         with gr.Row():
@@ -141,19 +163,11 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                             mc_frames = gr.Number(label="Base frames (odd)", value=9, precision=0,
                                                   elem_id="mc-frames")
                         with gr.Row():
-                            mc_seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="mc-seed")
-                            mc_seed_used = gr.Textbox(label="Seed used", interactive=False,
-                                                     elem_id="mc-seed-used")
-                        with gr.Row():
-                            mc_go = gr.Button("Generate", variant="primary", elem_id="mc-generate")
-                            mc_stop = gr.Button("Cancel", variant="stop", elem_id="mc-cancel")
+                            mc_seed, mc_seed_used = seed_boxes("mc")
+                        mc_go, mc_stop = run_buttons("mc-generate", "mc-cancel")
                     with gr.Column():
-                        mc_status = gr.Markdown(elem_id="mc-status")
-                        mc_key = gr.Image(label="Key frame", interactive=False, height=SHOW, elem_id="mc-key")
-                        mc_video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True,
-                                            height=SHOW, elem_id="mc-video")
-                        mc_files = gr.File(label="Download", file_count="multiple", interactive=False,
-                                           elem_id="mc-files")
+                        mc_status, mc_key, mc_video, mc_files = result_column("mc", "Key frame", "Video",
+                                                                              image_id="mc-key")
 
             # ---------------------------------------------------------------- ART-V
             with gr.Tab("ART-V", id="artv"):
@@ -164,26 +178,19 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                             column_count=(2, "fixed"), row_count=2, interactive=True,
                             label=f"Prompts in order, with their frames (at most {MAX_ARTV_FRAMES} in all)",
                             elem_id="av-segments")
-                        av_image = gr.Image(label="First frame (optional)", type="pil", image_mode=None, sources=["upload", "clipboard"],
+                        av_image = gr.Image(label="First frame (optional)", type="pil", image_mode=None,
+                                            sources=["upload", "clipboard"],
                                             elem_id="av-image")
                         with gr.Row():
                             av_steps = gr.Number(label="Steps per frame (0: the model's)", value=0, precision=0,
                                                  elem_id="av-steps")
                             av_guidance = gr.Textbox(label="Text guidance (empty: the model's)", value="",
                                                      elem_id="av-guidance")
-                            av_seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="av-seed")
-                            av_seed_used = gr.Textbox(label="Seed used", interactive=False,
-                                                     elem_id="av-seed-used")
-                        with gr.Row():
-                            av_go = gr.Button("Generate", variant="primary", elem_id="av-generate")
-                            av_stop = gr.Button("Cancel", variant="stop", elem_id="av-cancel")
+                            av_seed, av_seed_used = seed_boxes("av")
+                        av_go, av_stop = run_buttons("av-generate", "av-cancel")
                     with gr.Column():
-                        av_status = gr.Markdown(elem_id="av-status")
-                        av_frame = gr.Image(label="Latest frame", interactive=False, height=SHOW, elem_id="av-frame")
-                        av_video = gr.Video(label="Video (grows as it is made)", interactive=False, autoplay=True,
-                                            loop=True, height=SHOW, elem_id="av-video")
-                        av_files = gr.File(label="Download", file_count="multiple", interactive=False,
-                                           elem_id="av-files")
+                        av_status, av_frame, av_video, av_files = result_column(
+                            "av", "Latest frame", "Video (grows as it is made)", image_id="av-frame")
 
             # ---------------------------------------------------------------- few-shot
             with gr.Tab("Few-shot", id="fewshot"):
@@ -203,9 +210,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                                                     label="Attention", elem_id="fs-attention")
                             fs_noise = gr.Radio(["independent", "shared", "autoregressive"], value="autoregressive",
                                                 label="Noise prior", elem_id="fs-noise")
-                        with gr.Row():
-                            fs_train = gr.Button("Tune", variant="primary", elem_id="fs-train")
-                            fs_stop = gr.Button("Cancel", variant="stop", elem_id="fs-cancel")
+                        fs_train, fs_stop = run_buttons("fs-train", "fs-cancel", "Tune")
                     with gr.Column():
                         fs_status = gr.Markdown(elem_id="fs-status")
                         fs_loss = gr.LinePlot(x="step", y="loss", title="Tuning loss", height=220, elem_id="fs-loss")
@@ -218,18 +223,11 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                                                elem_id="fs-prompt")
                         with gr.Row():
                             fs_gen_steps = gr.Number(label="Steps", value=25, precision=0, elem_id="fs-gen-steps")
-                            fs_seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="fs-seed")
-                            fs_seed_used = gr.Textbox(label="Seed used", interactive=False,
-                                                     elem_id="fs-seed-used")
-                        with gr.Row():
-                            fs_go = gr.Button("Generate", variant="primary", elem_id="fs-generate")
-                            fs_gen_stop = gr.Button("Cancel", variant="stop", elem_id="fs-gen-cancel")
+                            fs_seed, fs_seed_used = seed_boxes("fs")
+                        fs_go, fs_gen_stop = run_buttons("fs-generate", "fs-gen-cancel")
                     with gr.Column():
-                        fs_gen_status = gr.Markdown(elem_id="fs-gen-status")
-                        fs_video = gr.Video(label="Tuned (left) | untuned base (right), same seed", interactive=False,
-                                            autoplay=True, loop=True, height=SHOW, elem_id="fs-video")
-                        fs_files = gr.File(label="Download", file_count="multiple", interactive=False,
-                                           elem_id="fs-files")
+                        fs_gen_status, _, fs_video, fs_files = result_column(
+                            "fs", None, "Tuned (left) | untuned base (right), same seed", status_id="fs-gen-status")
 
             # ---------------------------------------------------------------- gallery
             with gr.Tab("Past runs", id="runs"):
@@ -241,6 +239,13 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                 runs_files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id="runs-files")
 
         # -------------------------------------------------------------------- handlers
+        def model_job(button: Any, stop: Any, handler: Callable, inputs: list, outputs: list, api_name: str) -> None:
+            """Wire a model job: one at a time (the shared concurrency id), refused by :func:`admit` when the
+            queue is full, stopped by its cancel button (which writes the tab's status, ``outputs[0]``)."""
+            event = button.click(handler, inputs, outputs, concurrency_limit=1, concurrency_id=MODELS,
+                                 validator=admit, api_name=api_name)
+            stop.click(cancel, None, outputs[0], cancels=[event], queue=False)
+
         def mc_handler(prompt, image, negative, steps, guidance, frames, seed, request: gr.Request,
                        progress=gr.Progress()):
             fitted: list[str] = []
@@ -262,11 +267,9 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
             yield from drive(request, progress, lambda job: studio.microcinema(
                 job, prompt, image, negative, steps, guidance, seed, frames), mc_status, on_event, on_done)
 
-        mc_event = mc_go.click(mc_handler, [mc_prompt, mc_image, mc_negative, mc_steps, mc_guidance, mc_frames,
-                                            mc_seed],
-                               [mc_status, mc_seed_used, mc_key, mc_video, mc_files, runs_gallery],
-                               concurrency_limit=1, concurrency_id=MODELS, validator=admit, api_name="microcinema")
-        mc_stop.click(cancel, None, mc_status, cancels=[mc_event], queue=False)
+        model_job(mc_go, mc_stop, mc_handler,
+                  [mc_prompt, mc_image, mc_negative, mc_steps, mc_guidance, mc_frames, mc_seed],
+                  [mc_status, mc_seed_used, mc_key, mc_video, mc_files, runs_gallery], "microcinema")
 
         def av_handler(segments, image, steps, guidance, seed, request: gr.Request, progress=gr.Progress()):
             def on_event(event: Event) -> dict | None:
@@ -288,10 +291,8 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
             yield from drive(request, progress, lambda job: studio.artv(job, segments, image, steps, guidance, seed),
                              av_status, on_event, on_done)
 
-        av_event = av_go.click(av_handler, [av_segments, av_image, av_steps, av_guidance, av_seed],
-                               [av_status, av_seed_used, av_frame, av_video, av_files, runs_gallery],
-                               concurrency_limit=1, concurrency_id=MODELS, validator=admit, api_name="artv")
-        av_stop.click(cancel, None, av_status, cancels=[av_event], queue=False)
+        model_job(av_go, av_stop, av_handler, [av_segments, av_image, av_steps, av_guidance, av_seed],
+                  [av_status, av_seed_used, av_frame, av_video, av_files, runs_gallery], "artv")
 
         def fs_train_handler(files, caption, steps, lr, attention, noise, request: gr.Request,
                              progress=gr.Progress()):
@@ -317,10 +318,8 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
             yield from drive(request, progress, lambda job: studio.fewshot_train(
                 job, files, caption, steps, lr, attention, noise), fs_status, on_event, on_done)
 
-        fs_event = fs_train.click(fs_train_handler, [fs_clips, fs_caption, fs_steps, fs_lr, fs_attention, fs_noise],
-                                  [fs_status, fs_loss, fs_sample, fs_adapter, fs_prompt],
-                                  concurrency_limit=1, concurrency_id=MODELS, validator=admit, api_name="fewshot_train")
-        fs_stop.click(cancel, None, fs_status, cancels=[fs_event], queue=False)
+        model_job(fs_train, fs_stop, fs_train_handler, [fs_clips, fs_caption, fs_steps, fs_lr, fs_attention, fs_noise],
+                  [fs_status, fs_loss, fs_sample, fs_adapter, fs_prompt], "fewshot_train")
 
         def fs_gen_handler(adapter, prompt, steps, seed, request: gr.Request, progress=gr.Progress()):
             def on_event(event: Event) -> dict | None:
@@ -335,10 +334,8 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
             yield from drive(request, progress, lambda job: studio.fewshot_generate(job, adapter, prompt, seed, steps),
                              fs_gen_status, on_event, on_done)
 
-        fs_gen_event = fs_go.click(fs_gen_handler, [fs_adapter, fs_prompt, fs_gen_steps, fs_seed],
-                                   [fs_gen_status, fs_seed_used, fs_video, fs_files, runs_gallery],
-                                   concurrency_limit=1, concurrency_id=MODELS, validator=admit, api_name="fewshot_generate")
-        fs_gen_stop.click(cancel, None, fs_gen_status, cancels=[fs_gen_event], queue=False)
+        model_job(fs_go, fs_gen_stop, fs_gen_handler, [fs_adapter, fs_prompt, fs_gen_steps, fs_seed],
+                  [fs_gen_status, fs_seed_used, fs_video, fs_files, runs_gallery], "fewshot_generate")
 
         def select_run(event: gr.SelectData) -> tuple:
             runs = studio.runs.list()

@@ -226,7 +226,8 @@ class Studio:
                     else pipe.guidance_scale, "model": self.model or "embedded", "image": image is not None,
                     "command": (_command("microcinema", "animate", "key_frame.png", prompt) if image is not None
                                 else _command("microcinema", "generate", prompt))
-                    + " " + _command("--seed", seed, "--frames", num_frames, "--steps", steps or pipe.num_inference_steps,
+                    + " " + _command("--seed", seed, "--frames", num_frames,
+                                     "--steps", steps or pipe.num_inference_steps,
                                      *(("--guidance-scale", scale) if scale is not None else ()),
                                      *(("--negative-prompt", negative) if negative else ()),
                                      *(("--model", self.model) if self.model not in (None, "embedded") else ()),
@@ -264,7 +265,8 @@ class Studio:
                     job.emit("notes", list(notes))
                 frames.append(np.asarray(frame))
                 segment = next(i for i, end in enumerate(sorted(ends)) if index < end)
-                job.progress((index + 1) / total, f"segment {segment + 1} of {len(segments)}: frame {index + 1} of {total}")
+                job.progress((index + 1) / total,
+                             f"segment {segment + 1} of {len(segments)}: frame {index + 1} of {total}")
                 job.emit("frame", (index, total, frames[-1]))
                 if (index + 1) % PREVIEW_EVERY == 0 or (index + 1) in ends:
                     path = write_video(partial_dir / f"frames_{index + 1:04d}.mp4", np.stack(frames), fps)
@@ -378,7 +380,8 @@ class Studio:
             def describe(p: Any, step: int, name: str = name) -> tuple[float, str]:
                 return (step + 1) / max(1, p._num_timesteps), f"{name}: step {step + 1} of {p._num_timesteps}"
 
-            kwargs = dict(num_inference_steps=steps, guidance_scale=scale, generator=torch.Generator().manual_seed(seed),
+            kwargs = dict(num_inference_steps=steps, guidance_scale=scale,
+                          generator=torch.Generator().manual_seed(seed),
                           output_type="latent", progress=False, callback_on_step_end=job.step_callback(describe))
             if untuned:
                 with pipe.untuned():
