@@ -213,6 +213,9 @@ def test_fewshot_train_bad_input(studio, bounce_clips, tmp_path):
 
     write_fewshot_clips(short, "bounce", num=2, num_frames=6, colours=["red"], objects=["circle"])
     events = list(run_job(lambda job: studio.fewshot_train(job, sorted(short.rglob("*.mp4")), "a bounce", steps=1)))
-    assert events[-1].kind == "error" and "frames" in str(events[-1].payload), events[-1].payload
+    assert events[-1].kind == "error" and "shorter than 8 frames at 2 fps" in str(events[-1].payload)
+    events = list(run_job(lambda job: studio.fewshot_train(job, sorted(short.rglob("*.mp4")), "a bounce", steps=1,
+                                                            num_frames=4, fps=8)))  # fewer frames: the clips fit
+    assert events[-1].kind == "done", events[-1].payload
     events = list(run_job(lambda job: studio.fewshot_generate(job, "", "a star bouncing")))
     assert "no adapter yet" in str(events[-1].payload)

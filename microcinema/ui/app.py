@@ -205,6 +205,8 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                         with gr.Row():
                             fs_steps = gr.Number(label="Tuning steps", value=300, precision=0, elem_id="fs-steps")
                             fs_lr = gr.Number(label="Learning rate", value=2e-4, elem_id="fs-lr")
+                            fs_frames = gr.Number(label="Frames", value=8, precision=0, elem_id="fs-frames")
+                            fs_fps = gr.Number(label="Frames per second", value=2, elem_id="fs-fps")
                         with gr.Row():
                             fs_attention = gr.Radio(["recurrent", "sparse-causal"], value="recurrent",
                                                     label="Attention", elem_id="fs-attention")
@@ -294,7 +296,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
         model_job(av_go, av_stop, av_handler, [av_segments, av_image, av_steps, av_guidance, av_seed],
                   [av_status, av_seed_used, av_frame, av_video, av_files, runs_gallery], "artv")
 
-        def fs_train_handler(files, caption, steps, lr, attention, noise, request: gr.Request,
+        def fs_train_handler(files, caption, steps, lr, frames, fps, attention, noise, request: gr.Request,
                              progress=gr.Progress()):
             points: list[tuple[int, float]] = []
 
@@ -316,9 +318,11 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                                    "Now generate the motion for something else below."}
 
             yield from drive(request, progress, lambda job: studio.fewshot_train(
-                job, files, caption, steps, lr, attention, noise), fs_status, on_event, on_done)
+                job, files, caption, steps, lr, attention, noise, num_frames=frames, fps=fps), fs_status, on_event,
+                on_done)
 
-        model_job(fs_train, fs_stop, fs_train_handler, [fs_clips, fs_caption, fs_steps, fs_lr, fs_attention, fs_noise],
+        model_job(fs_train, fs_stop, fs_train_handler,
+                  [fs_clips, fs_caption, fs_steps, fs_lr, fs_frames, fs_fps, fs_attention, fs_noise],
                   [fs_status, fs_loss, fs_sample, fs_adapter, fs_prompt], "fewshot_train")
 
         def fs_gen_handler(adapter, prompt, steps, seed, request: gr.Request, progress=gr.Progress()):

@@ -289,7 +289,8 @@ class Studio:
     # ------------------------------------------------------------------ few-shot
     def fewshot_train(self, job: Job, files: Sequence[Any], caption: Any, steps: Any = 300,
                       learning_rate: Any = 2e-4, attention: str = "recurrent", noise: str = "autoregressive",
-                      sample_every: Any = None, sample_steps: int = 10, seed: Any = 0) -> dict[str, Any]:
+                      sample_every: Any = None, sample_steps: int = 10, seed: Any = 0, num_frames: Any = 8,
+                      fps: Any = 2.0) -> dict[str, Any]:
         """Tune an adapter on 2-16 uploaded clips of one motion with one caption. Events: ``loss`` (a list of
         ``(step, loss)`` since the last one), ``sample`` ``(step, mp4 path)`` (the caption sampled with the
         weights of that step, every ``sample_every`` steps and at the end), ``progress``. Returns the report of
@@ -304,6 +305,8 @@ class Studio:
         steps = check_whole(steps, "tuning steps", 1, 100_000)
         lr = check_number(learning_rate, "learning rate", 1e-12)
         seed = resolve_seed(seed)
+        num_frames = check_whole(num_frames, "frames", 2, 64)
+        fps = check_number(fps, "frames per second", 0.1)
         every = max(1, steps // 4) if sample_every in (None, "", 0) else check_whole(sample_every, "sample every", 1)
         folder = self.outputs / "adapters" / f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
         clips = folder / "clips"
@@ -313,6 +316,7 @@ class Studio:
             shutil.copyfile(path, clips / f"{i:02d}_{path.name}")
         settings = FewShotSettings(data=str(clips), out=str(folder / "adapter.safetensors"), base=self.fewshot_base,
                                    caption=caption, attention=attention, steps=steps, noise=noise,
+                                   num_frames=num_frames, fps=fps,
                                    learning_rate=lr, seed=seed, log_every=max(1, min(10, steps // 50)),
                                    checkpoint_every=max(steps, 1), progress=False)
         log_path = settings.run_path / "loss.jsonl"
@@ -358,8 +362,8 @@ class Studio:
             report_losses()
             return job.cancelled
 
-        job.emit("notes", [f"{len(paths)} clips; tuning {steps} steps at learning rate {lr:g}, {attention} attention, "
-                           f"{noise} noise; a sample every {every} steps"])
+        job.emit("notes", [f"{len(paths)} clips, {num_frames} frames at {fps:g} fps; tuning {steps} steps at learning "
+                           f"rate {lr:g}, {attention} attention, {noise} noise; a sample every {every} steps"])
         report = train_fewshot(settings, log=lambda message: None, probe=probe, probe_every=every,
                                should_stop=should_stop)
         report_losses(force=True)
