@@ -57,6 +57,8 @@ def quick_row_plots(monkeypatch):
     """Each row's curves.png and grid.png (the benchmark's, tested in test_drift.py) as empty files: matplotlib
     would take most of this test's time."""
     import microcinema.core.video_io as video_io
+    import microcinema.eval.longvideo as longvideo
+
     monkeypatch.setattr(longvideo, "plot_drift", lambda path, *a, **k: Path(path).touch())
     monkeypatch.setattr(video_io, "save_grid", lambda path, *a, **k: Path(path).touch())
 
