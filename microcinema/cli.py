@@ -468,7 +468,11 @@ def _cmd_ui(args: argparse.Namespace) -> None:
     studio = Studio(outputs=args.outputs, model=args.model, artv_model=args.artv_model,
                     fewshot_base=args.fewshot_base)
     print(f"microcinema ui: http://{args.host}:{args.port} (runs in {args.outputs}); Ctrl+C stops it")
-    launch(studio, host=args.host, port=args.port, max_queue=args.max_queue, open_browser=args.open)
+    try:
+        launch(studio, host=args.host, port=args.port, max_queue=args.max_queue, open_browser=args.open)
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MicroCinemaError(f"cannot serve on {args.host}:{args.port} ({first}); choose another --port") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -219,3 +219,17 @@ def test_fewshot_train_bad_input(studio, bounce_clips, tmp_path):
     assert events[-1].kind == "done", events[-1].payload
     events = list(run_job(lambda job: studio.fewshot_generate(job, "", "a star bouncing")))
     assert "no adapter yet" in str(events[-1].payload)
+
+
+def test_ui_command_says_in_one_line_when_the_port_is_taken(tmp_path, capsys):
+    import socket
+
+    from microcinema.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["ui", "--port", str(port), "--outputs", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"cannot serve on 127.0.0.1:{port}" in err[0]
