@@ -28,7 +28,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from microcinema.systems.fewshot.data import write_fewshot_clips
-    from microcinema.ui.app import build_app
+    from microcinema.ui.app import build_app, offline_theme
     from microcinema.ui.backend import Studio
 
     work = Path(tempfile.mkdtemp(prefix="microcinema_ui_shots_"))
@@ -41,7 +41,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                theme=demo.microcinema_theme)
+                theme=offline_theme())
     args.out.mkdir(parents=True, exist_ok=True)
     wait = 900_000
     with sync_playwright() as p:

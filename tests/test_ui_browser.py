@@ -21,7 +21,7 @@ sync_api = pytest.importorskip("playwright.sync_api",
                                reason="browser tests skipped: pip install playwright (in the test extra)")
 
 from microcinema.core.video_io import read_video  # noqa: E402
-from microcinema.ui.app import build_app  # noqa: E402
+from microcinema.ui.app import build_app, offline_theme  # noqa: E402
 from microcinema.ui.backend import Studio  # noqa: E402
 
 CHROMIUM = os.environ.get("MICROCINEMA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,7 +44,7 @@ def server(tmp_path_factory):
     demo = build_app(studio, max_queue=1)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                theme=demo.microcinema_theme)
+                theme=offline_theme())
     yield f"http://127.0.0.1:{port}", studio
     demo.close()
 

@@ -61,6 +61,13 @@ def _run_markdown(run: Run) -> str:
             f"Same video from the command line: `{s['command']}`")
 
 
+def offline_theme() -> Any:
+    """gradio's default theme with system fonts: no web fonts to fetch, so the page works offline."""
+    gr = _gradio()
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])
+
+
 def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
     """The gradio Blocks app on ``studio`` (queue configured: one job at a time, ``max_queue`` waiting)."""
     gr = _gradio()
@@ -137,10 +144,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
         files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id=f"{prefix}-files")
         return status, image, video, files
 
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])  # no web fonts: works offline
     with gr.Blocks(title="MicroCinema") as demo:
-        demo.microcinema_theme = theme
         gr.Markdown("# MicroCinema\nText to video with diffusion models: MicroCinema (key frame, then video), "
                     "ART-V (long multi-prompt videos, frame by frame) and few-shot motion tuning. "
                     f"Models: `{studio.model or 'embedded'}` (64x64 procedural shapes when embedded).")
@@ -360,9 +364,9 @@ def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, max_que
     """Build and serve the app; returns the Blocks (``block=False``: the server runs in the background)."""
     demo = build_app(studio, max_queue=max_queue)
     demo.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
-                allowed_paths=[str(Path(studio.outputs).resolve())], theme=demo.microcinema_theme, quiet=True,
+                allowed_paths=[str(Path(studio.outputs).resolve())], theme=offline_theme(), quiet=True,
                 show_error=True)
     return demo
 
 
-__all__ = ["DEFAULT_MAX_QUEUE", "build_app", "error_text", "launch"]
+__all__ = ["DEFAULT_MAX_QUEUE", "build_app", "error_text", "launch", "offline_theme"]
