@@ -334,7 +334,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     pipeline.check_num_frames(args.frames)
     # latents, then this project's uint8 rounding (pipeline.decode_to_uint8): the same files as before the
     # pipeline became a diffusers one (whose "np" output is floats in [0, 1])
-    out = pipeline(args.prompt, image=args.image, negative_prompt=args.negative_prompt, num_frames=args.frames, num_inference_steps=args.steps,
+    out = pipeline(args.prompt, image=args.image, negative_prompt=args.negative_prompt, num_frames=args.frames,
+                   num_inference_steps=args.steps,
                    key_frame_num_inference_steps=args.key_frame_steps, interp_num_inference_steps=args.interp_steps,
                    guidance_scale=args.guidance_scale, generator=torch.Generator().manual_seed(args.seed),
                    interpolate=not args.no_interpolate, pin_key_frame=False if args.no_pin_key_frame else None,
@@ -462,6 +463,7 @@ def _add_ui_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_ui(args: argparse.Namespace) -> None:
+    from microcinema.core.errors import first_line
     from microcinema.ui.app import launch
     from microcinema.ui.backend import Studio
 
@@ -471,8 +473,8 @@ def _cmd_ui(args: argparse.Namespace) -> None:
     try:
         launch(studio, host=args.host, port=args.port, max_queue=args.max_queue, open_browser=args.open)
     except OSError as error:  # the port is taken, or the address is not this machine's
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise MicroCinemaError(f"cannot serve on {args.host}:{args.port} ({first}); choose another --port") from None
+        raise MicroCinemaError(f"cannot serve on {args.host}:{args.port} ({first_line(error)}); choose another "
+                               "--port") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,3 +16,10 @@ def check(condition: bool, message: str) -> None:
     """Raise :class:`MicroCinemaError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise MicroCinemaError(message)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when the message is empty): what a one-line error
+    quotes from a library's exception."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -35,7 +35,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
-from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.errors import MicroCinemaError, check, first_line
 from microcinema.core.samplers import SAMPLERS, SCHEDULER_LOOP, StepCallback, check_prediction_type, sample
 from microcinema.core.text_encoders import TextEncoder, wrap_text_encoder
 from microcinema.pipelines.text_to_image import check_prompts, unet_text_cond
@@ -98,7 +98,7 @@ def load_stable_diffusion(pretrained_model_name_or_path: str | os.PathLike, torc
         sd = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype,
                                                safety_checker=None, requires_safety_checker=False)
     except Exception as error:  # diffusers raises many kinds: missing files, bad configs, no network
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise MicroCinemaError(f"cannot load a Stable Diffusion pipeline from {str(pretrained_model_name_or_path)!r}:"
                                f" {first}") from None
     missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(sd, n, None) is None]

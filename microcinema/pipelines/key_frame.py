@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.errors import MicroCinemaError, check, first_line
 from microcinema.pipelines.text_to_image import PIPELINE_FILE, TextToImagePipeline, check_prompts, check_steps, is_text_to_image_folder
 
 
@@ -108,7 +108,7 @@ class DiffusersKeyFrameModel:
                 warnings.simplefilter("ignore")
                 pipeline = DiffusionPipeline.from_pretrained(path_or_id, **kwargs)
         except Exception as error:  # diffusers raises many kinds: missing files, bad configs, no network
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise MicroCinemaError(f"cannot load a diffusers text-to-image pipeline from {path_or_id!r}: {first}") from None
         if hasattr(pipeline, "set_progress_bar_config"):
             pipeline.set_progress_bar_config(disable=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from microcinema.core.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError, first_line
 from microcinema.ui.backend import MAX_ARTV_FRAMES, MAX_CLIPS, MIN_CLIPS, Studio
 from microcinema.ui.jobs import Cancelled, Event, JobRegistry, run_job
 from microcinema.ui.runs import Run
@@ -43,8 +43,7 @@ def error_text(error: BaseException) -> str:
         return "Cancelled."
     if isinstance(error, MicroCinemaError):
         return f"Error: {error}"
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return f"Error: something went wrong ({type(error).__name__}: {first[:200]})"
+    return f"Error: something went wrong ({type(error).__name__}: {first_line(error)[:200]})"
 
 
 def _upscaled(frame: Any) -> Any:

@@ -58,7 +58,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.errors import MicroCinemaError, check, first_line
 from microcinema.core.samplers import SAMPLERS, sample
 from microcinema.pipelines.base import (VideoDiffusionPipeline, VideoPipelineOutput, check_count, check_output_type,
                                         fresh_generator, load_stable_diffusion, sd_scheduler)
@@ -214,7 +214,7 @@ class ARTVPipeline(VideoDiffusionPipeline):
         except (OSError, ValueError, TypeError, KeyError) as error:
             if isinstance(error, MicroCinemaError):
                 raise
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise MicroCinemaError(f"cannot load an ART-V pipeline from {source!r}: {first}") from None
         check(isinstance(pipe, cls), f"{source} holds a {type(pipe).__name__}, not an ART-V pipeline")
         return pipe

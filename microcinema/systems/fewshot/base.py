@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from microcinema.core.errors import MicroCinemaError, check
+from microcinema.core.errors import MicroCinemaError, check, first_line
 from microcinema.core.text_encoders import TextEncoder
 from microcinema.models.unet2d import clean_config
 
@@ -130,7 +130,7 @@ def load_base(base: str | Path = EMBEDDED, *, torch_dtype: torch.dtype = torch.f
         except (OSError, ValueError, KeyError) as error:
             if isinstance(error, MicroCinemaError):
                 raise
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise MicroCinemaError(f"cannot load the base model {name}: {first}") from None
     unet.eval().requires_grad_(False)
     vae.eval().requires_grad_(False)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from microcinema.core.errors import MicroCinemaError
+from microcinema.core.errors import MicroCinemaError, first_line
 
 _MIB = 2**20
 
@@ -125,7 +125,7 @@ def _estimate(key: str) -> MemoryEstimate:
     except MicroCinemaError:
         raise
     except (RuntimeError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise MicroCinemaError(f"the settings do not fit the base model ({num_frames} frames, {h}x{w} latents, "
                                f"text {text_length}x{dim}): {first}") from None
     weights = {id(p) for p in model.parameters()}
