@@ -847,12 +847,14 @@ class Trainer:
             last = self.global_step == cfg.max_steps
             if self.probe is not None and cfg.probe_every and (self.global_step % cfg.probe_every == 0 or last):
                 self._run_probe()  # before the checkpoint: a run resumed from this step already has its record
+            checkpoint = None
             if self.global_step % cfg.checkpoint_every == 0 or last:
-                self.save_checkpoint()
-                self._write_seen()
-            elif self._stop_requested():
                 checkpoint = self.save_checkpoint()
                 self._write_seen()
+            if not last and self._stop_requested():
+                if checkpoint is None:
+                    checkpoint = self.save_checkpoint()
+                    self._write_seen()
                 bar.close()
                 raise TrainingStopped(self.global_step, checkpoint)
         bar.close()
