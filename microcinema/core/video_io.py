@@ -41,6 +41,7 @@ __all__ = [
     "read_video",
     "write_video",
     "save_grid",
+    "side_by_side",
     "to_uint8_frames",
     "VIDEO_SUFFIXES",
     "MP4_PIX_FMTS",
@@ -462,6 +463,15 @@ def _row_image(clip: np.ndarray, scale: int, gap: int, background: int) -> np.nd
     for i, frame in enumerate(clip):
         row[:, i * (w + gap): i * (w + gap) + w] = frame
     return row
+
+
+def side_by_side(videos: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
+    """uint8 videos ``(F, H, W_i, 3)`` of one height placed left to right with ``gap`` white columns between them,
+    cut to the shortest one's frames (for a comparison played as one video)."""
+    frames = min(len(v) for v in videos)
+    white = np.full((frames, videos[0].shape[1], gap, 3), 255, dtype=np.uint8)
+    parts = [part for v in videos for part in (v[:frames], white)][:-1]
+    return np.concatenate(parts, axis=2)
 
 
 def save_grid(

@@ -8,7 +8,6 @@ command line that makes the same video). The same seed and settings give the sam
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -83,6 +82,16 @@ def check_number(value: Any, name: str, low: float = 0.0) -> float:
     return number
 
 
+def optional_steps(value: Any) -> int | None:
+    """Sampling steps from a form: empty or 0 means the model's own (None), else a whole number 1-200."""
+    return None if value in (None, "", 0) else check_whole(value, "steps", 1, 200)
+
+
+def optional_guidance(value: Any) -> float | None:
+    """Guidance from a form: empty means the model's own (None), else a number >= 0."""
+    return None if value in (None, "") else check_number(value, "guidance")
+
+
 def parse_segments(rows: Any, max_frames: int = MAX_ARTV_FRAMES) -> list[tuple[str, int]]:
     """ART-V segments from the table's rows ``[prompt, frames]`` (a list of lists or a pandas DataFrame);
     rows with neither are skipped. One-line errors name the row."""
@@ -103,14 +112,6 @@ def parse_segments(rows: Any, max_frames: int = MAX_ARTV_FRAMES) -> list[tuple[s
     total = sum(n for _, n in segments)
     check(total <= max_frames, f"the prompts add up to {total} frames; the UI makes at most {max_frames}")
     return segments
-
-
-def fit_notes(image: Any, size: tuple[int, int]) -> list[str]:
-    """What fitting the user's image to the model's ``(height, width)`` changes (mode, size), in words."""
-    from microcinema.pipelines.key_frame import load_image
-
-    _, notes = load_image(image, size)
-    return notes
 
 
 def _command(*parts: Any) -> str:
@@ -191,8 +192,8 @@ class Studio:
 
         prompt = check_prompt(prompt)
         negative = (negative_prompt or "").strip() or None
-        steps = None if steps in (None, "", 0) else check_whole(steps, "steps", 1, 200)
-        scale = None if guidance_scale in (None, "") else check_number(guidance_scale, "guidance")
+        steps = optional_steps(steps)
+        scale = optional_guidance(guidance_scale)
         seed = resolve_seed(seed)
         pipe = self.microcinema_pipeline()
         num_frames = check_whole(num_frames, "frames", 1)
@@ -219,22 +220,19 @@ class Studio:
         job.progress(1.0, "decoding")
         frames = pipe.decode_to_uint8(out.frames)[0]
         job.raise_if_cancelled()
-        key_path = self._scratch("key_frames") / f"key_{time.time_ns()}.png"
-        to_output(out.key_frames[:1], "pil")[0].save(key_path)
+        used_steps = steps or pipe.num_inference_steps
         settings = {"prompt": prompt, "negative_prompt": negative, "seed": seed, "num_frames": num_frames,
-                    "steps": steps or pipe.num_inference_steps, "guidance_scale": scale if scale is not None
+                    "steps": used_steps, "guidance_scale": scale if scale is not None
                     else pipe.guidance_scale, "model": self.model or "embedded", "image": image is not None,
                     "command": (_command("microcinema", "animate", "key_frame.png", prompt) if image is not None
                                 else _command("microcinema", "generate", prompt))
-                    + " " + _command("--seed", seed, "--frames", num_frames,
-                                     "--steps", steps or pipe.num_inference_steps,
+                    + " " + _command("--seed", seed, "--frames", num_frames, "--steps", used_steps,
                                      *(("--guidance-scale", scale) if scale is not None else ()),
                                      *(("--negative-prompt", negative) if negative else ()),
                                      *(("--model", self.model) if self.model not in (None, "embedded") else ()),
                                      "--out", "video.mp4")}
-        run = self.runs.save("microcinema", prompt, frames, out.fps, settings, {"key_frame.png": key_path})
-        key_path.unlink(missing_ok=True)
-        return run
+        return self.runs.save("microcinema", prompt, frames, out.fps, settings,
+                              images={"key_frame.png": to_output(out.key_frames[:1], "pil")[0]})
 
     # ------------------------------------------------------------------ ART-V
     def artv(self, job: Job, segments: Any, image: Any = None, steps: Any = None, guidance_scale: Any = None,
@@ -245,12 +243,12 @@ class Studio:
         from microcinema.core.video_io import write_video
 
         segments = parse_segments(segments)
-        steps = None if steps in (None, "", 0) else check_whole(steps, "steps", 1, 200)
-        scale = None if guidance_scale in (None, "") else check_number(guidance_scale, "guidance")
+        steps = optional_steps(steps)
+        scale = optional_guidance(guidance_scale)
         seed = resolve_seed(seed)
         pipe = self.artv_pipeline()
         total = sum(n for _, n in segments)
-        ends = set(np.cumsum([n for _, n in segments]).tolist())
+        ends = np.cumsum([n for _, n in segments]).tolist()  # frame count at each segment's end, in order
         notes: list[str] = []
         job.emit("seed", seed)
         stream = pipe.stream(segments, image=image, num_inference_steps=steps, guidance_scale=scale,
@@ -258,13 +256,13 @@ class Studio:
                              callback_on_step_end=job.step_callback(), notes=notes)
         frames: list[np.ndarray] = []
         partial_dir = self._scratch(f"artv_{time.time_ns()}")
-        fps = float(getattr(pipe, "fps", 8.0))
+        fps = float(pipe.fps)
         try:
             for index, frame in enumerate(stream):
                 if index == 0 and notes:
                     job.emit("notes", list(notes))
                 frames.append(np.asarray(frame))
-                segment = next(i for i, end in enumerate(sorted(ends)) if index < end)
+                segment = next(i for i, end in enumerate(ends) if index < end)
                 job.progress((index + 1) / total,
                              f"segment {segment + 1} of {len(segments)}: frame {index + 1} of {total}")
                 job.emit("frame", (index, total, frames[-1]))
@@ -297,6 +295,7 @@ class Studio:
         :func:`~microcinema.systems.fewshot.task.train_fewshot` with ``adapter`` and ``clips``."""
         from microcinema.core.video_io import write_video
         from microcinema.systems.fewshot.task import FewShotSettings, train_fewshot
+        from microcinema.training.trainer import LOG_NAME, read_loss_log
 
         caption = check_prompt(caption, "caption")
         paths = [Path(f) if isinstance(f, (str, os.PathLike)) else Path(f.name) for f in (files or [])]
@@ -319,41 +318,28 @@ class Studio:
                                    num_frames=num_frames, fps=fps,
                                    learning_rate=lr, seed=seed, log_every=max(1, min(10, steps // 50)),
                                    checkpoint_every=max(steps, 1), progress=False)
-        log_path = settings.run_path / "loss.jsonl"
-        read = {"offset": 0, "last": 0.0}
+        log_path = settings.run_path / LOG_NAME
+        read = {"step": 0, "time": 0.0}  # the last step reported, and when the log was last read
 
         def report_losses(force: bool = False) -> None:
             now = time.monotonic()
-            if not force and now - read["last"] < 0.5 or not log_path.is_file():
+            if not force and now - read["time"] < 0.5:
                 return
-            read["last"] = now
-            with open(log_path) as f:
-                f.seek(read["offset"])
-                lines = f.readlines()
-                read["offset"] = f.tell()
-            points = []
-            for line in lines:
-                try:
-                    record = json.loads(line)
-                    points.append((int(record["step"]), float(record["loss"])))
-                except (ValueError, KeyError):
-                    continue
+            read["time"] = now
+            points = [(int(r["step"]), float(r["loss"])) for r in read_loss_log(log_path) if r["step"] > read["step"]]
             if points:
+                read["step"] = points[-1][0]
                 job.emit("loss", points)
                 job.progress(points[-1][0] / steps, f"tuning: step {points[-1][0]} of {steps}")
 
         sampler = self.fewshot_pipeline(None)
 
         def probe(model: Any, step: int) -> dict[str, float]:
-            fresh = {k: v.clone() for k, v in sampler.unet.trainable_state_dict().items()}
-            sampler.unet.load_trainable_state_dict(model.trainable_state_dict())
-            try:
+            with sampler.adapter_state(model.trainable_state_dict()):
                 latents = sampler(caption, num_inference_steps=sample_steps, guidance_scale=5.0,
                                   generator=torch.Generator().manual_seed(seed), output_type="latent",
                                   progress=False).frames
-                frames = sampler.decode_to_uint8(latents)[0]
-            finally:
-                sampler.unet.load_trainable_state_dict(fresh)
+            frames = sampler.decode_to_uint8(latents)[0]
             path = write_video(folder / "samples" / f"step_{step:06d}.mp4", frames, sampler.fps)
             job.emit("sample", (step, path))
             return {}
@@ -372,6 +358,8 @@ class Studio:
     def fewshot_generate(self, job: Job, adapter: Any, prompt: Any, seed: Any = -1, steps: Any = 25,
                          guidance_scale: Any = 5.0) -> Run:
         """The adapter's video and the untuned base's with the same seed, side by side (tuned left)."""
+        from microcinema.core.video_io import side_by_side
+
         prompt = check_prompt(prompt)
         check(adapter not in (None, ""), "no adapter yet: tune one first (or pick a trained one)")
         steps = check_whole(steps, "steps", 1, 200)
@@ -393,14 +381,12 @@ class Studio:
             else:
                 latents = pipe(prompt, **kwargs).frames
             videos.append(pipe.decode_to_uint8(latents)[0])
-        gap = np.full((*videos[0].shape[:2], 2, 3), 255, dtype=np.uint8)
-        side = np.concatenate([videos[0], gap, videos[1]], axis=2)
         settings = {"prompt": prompt, "seed": seed, "steps": steps, "guidance_scale": scale, "adapter": str(adapter),
                     "layout": "tuned (left) | untuned base (right)",
                     "command": _command("microcinema", "fewshot", "generate", adapter, prompt, "--seed", seed,
                                         "--steps", steps, "--guidance-scale", scale, "--out", "video.mp4", "--compare")}
-        return self.runs.save("fewshot", prompt, side, pipe.fps, settings)
+        return self.runs.save("fewshot", prompt, side_by_side(videos), pipe.fps, settings)
 
 
 __all__ = ["MAX_ARTV_FRAMES", "MAX_CLIPS", "MIN_CLIPS", "Studio", "check_number", "check_prompt", "check_whole",
-           "fit_notes", "parse_segments", "resolve_seed"]
+           "parse_segments", "resolve_seed"]

@@ -62,9 +62,10 @@ class RunStore:
         self._lock = threading.Lock()
 
     def save(self, system: str, title: str, frames: np.ndarray, fps: float, settings: dict[str, Any],
-             extra_files: dict[str, Path] | None = None) -> Run:
-        """Write a run: uint8 ``frames (F, H, W, 3)`` at ``fps`` as mp4 and gif, a preview and ``settings``
-        (with ``system``, ``title``, ``fps``, ``num_frames`` and the time added)."""
+             images: dict[str, Any] | None = None) -> Run:
+        """Write a run: uint8 ``frames (F, H, W, 3)`` at ``fps`` as mp4 and gif, a preview, ``settings`` (with
+        ``system``, ``title``, ``fps``, ``num_frames`` and the time added) and ``images`` (PIL images by file
+        name, e.g. the key frame)."""
         slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or "run"
         with self._lock:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -80,9 +81,8 @@ class RunStore:
         write_video(run.mp4, frames, fps)
         write_video(run.gif, frames, fps)
         write_video(run.preview, _upscale(frames, PREVIEW_WIDTH), fps)
-        for name, path in (extra_files or {}).items():
-            target = folder / name
-            target.write_bytes(Path(path).read_bytes())
+        for name, image in (images or {}).items():
+            image.save(folder / name)
         (folder / "settings.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         return run
 

@@ -257,11 +257,10 @@ def _compare_path(out: Path, suffix: str) -> Path:
 def _cmd_generate(args: argparse.Namespace) -> None:
     import time
 
-    import numpy as np
     import torch
 
     from microcinema.core.errors import check
-    from microcinema.core.video_io import save_grid, write_video
+    from microcinema.core.video_io import save_grid, side_by_side, write_video
     from microcinema.pipelines.text_to_image import check_prompts
     from microcinema.systems.fewshot.pipeline import FewShotPipeline
 
@@ -280,9 +279,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         with pipe.untuned():
             base_latents = pipe(args.prompt, generator=torch.Generator().manual_seed(args.seed), **kwargs).frames
         base_frames = pipe.decode_to_uint8(base_latents)[0]
-        gap = np.full((frames.shape[0], frames.shape[1], 2, 3), 255, dtype=np.uint8)
-        side = np.concatenate([frames, gap, base_frames], axis=2)
-        video = write_video(_compare_path(args.out, args.out.suffix), side, pipe.fps)
+        video = write_video(_compare_path(args.out, args.out.suffix), side_by_side([frames, base_frames]), pipe.fps)
         grid = save_grid(_compare_path(args.out, ".png"), [frames, base_frames],
                          captions=[f"tuned ({args.adapter.name}): {args.prompt}",
                                    f"untuned base (fresh adapter parameters), seed {args.seed}"])

@@ -522,7 +522,7 @@ def save_samples(out: Path, tuned: Sequence[np.ndarray], base: Sequence[np.ndarr
                  fps: float, count: int = 6) -> dict[str, str]:
     """``samples.png`` (per prompt: the tuned video's frames, then the base's) and ``samples.gif`` (tuned videos
     side by side on top, the base's below)."""
-    from microcinema.core.video_io import save_grid, write_video
+    from microcinema.core.video_io import save_grid, side_by_side, write_video
 
     count = min(count, len(tuned))
     clips, captions = [], []
@@ -536,11 +536,7 @@ def save_samples(out: Path, tuned: Sequence[np.ndarray], base: Sequence[np.ndarr
     frames = min(len(v) for v in list(tuned[:count]) + list(base[:count] if base is not None else []))
 
     def row(videos: Sequence[np.ndarray]) -> np.ndarray:
-        gap = np.full((frames, videos[0].shape[1], 2, 3), 255, np.uint8)
-        parts = []
-        for v in videos:
-            parts += [v[:frames], gap]
-        return np.concatenate(parts[:-1], axis=2)
+        return side_by_side([v[:frames] for v in videos])
 
     top = row(tuned[:count])
     if base is not None:

@@ -24,7 +24,7 @@ settings): DDIM, 50 steps, guidance 12.5.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -128,14 +128,19 @@ class FewShotPipeline(VideoDiffusionPipeline):
         return metadata
 
     @contextmanager
-    def untuned(self) -> Iterator["FewShotPipeline"]:
-        """Within the block the U-Net has its fresh (untuned) adapter parameters; the adapter's come back after."""
-        tuned = {k: v.clone() for k, v in self.unet.trainable_state_dict().items()}
-        self.unet.load_trainable_state_dict(self._fresh_state)
+    def adapter_state(self, state: dict[str, torch.Tensor]) -> Iterator["FewShotPipeline"]:
+        """Within the block the U-Net has the adapter parameters ``state`` (e.g. a tuning run's current weights);
+        its own come back after."""
+        own = {k: v.clone() for k, v in self.unet.trainable_state_dict().items()}
+        self.unet.load_trainable_state_dict(state)
         try:
             yield self
         finally:
-            self.unet.load_trainable_state_dict(tuned)
+            self.unet.load_trainable_state_dict(own)
+
+    def untuned(self) -> AbstractContextManager["FewShotPipeline"]:
+        """Within the block the U-Net has its fresh (untuned) adapter parameters; the adapter's come back after."""
+        return self.adapter_state(self._fresh_state)
 
     # ------------------------------------------------------------------ the call
     @property
