@@ -54,6 +54,11 @@ def _upscaled(frame: Any) -> Any:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
+def _session(request: Any) -> str:
+    """The browser session a request comes from (its job is the one its cancel button stops)."""
+    return getattr(request, "session_hash", None) or "local"
+
+
 def _run_markdown(run: Run) -> str:
     s = run.settings
     return (f"Done: {s['num_frames']} frames at {s['fps']:g} fps, **seed {s['seed']}**. "
@@ -77,10 +82,15 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
     def gallery_items() -> list[tuple[str, str]]:
         return [(str(r.preview), r.caption()) for r in studio.runs.list()]
 
+    def finished(run: Run, video: Any, files: Any, status: Any, *notes: str) -> dict:
+        """A tab's updates for a finished run: its video, downloads, the status line and the refreshed gallery."""
+        return {video: str(run.mp4), files: [str(run.mp4), str(run.gif)],
+                status: " ".join([*notes, _run_markdown(run)]), runs_gallery: gallery_items()}
+
     def drive(request: Any, progress: Any, target: Callable, status: Any,
               on_event: Callable[[Event], dict | None], on_done: Callable[[Any], dict]) -> Iterator[dict]:
         """Run ``target(job)``, turning its events into page updates; errors end as one line in ``status``."""
-        session = getattr(request, "session_hash", None) or "local"
+        session = _session(request)
         job = registry.start(session)
         try:
             yield {status: "Working..."}
@@ -119,7 +129,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
         return [gr.validate(not full or i > 0, message if i == 0 else "") for i in range(len(inputs))]
 
     def cancel(request: gr.Request) -> str:
-        session = getattr(request, "session_hash", None) or "local"
+        session = _session(request)
         return "Cancelling..." if registry.cancel(session) else "Nothing is running."
 
     def seed_boxes(prefix: str) -> tuple[Any, Any]:
@@ -266,8 +276,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                 return None
 
             def on_done(run: Run) -> dict:
-                return {mc_video: str(run.mp4), mc_files: [str(run.mp4), str(run.gif)],
-                        mc_status: " ".join([*fitted, _run_markdown(run)]), runs_gallery: gallery_items()}
+                return finished(run, mc_video, mc_files, mc_status, *fitted)
 
             yield from drive(request, progress, lambda job: studio.microcinema(
                 job, prompt, image, negative, steps, guidance, seed, frames), mc_status, on_event, on_done)
@@ -290,8 +299,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                 return None
 
             def on_done(run: Run) -> dict:
-                return {av_video: str(run.mp4), av_files: [str(run.mp4), str(run.gif)],
-                        av_status: _run_markdown(run), runs_gallery: gallery_items()}
+                return finished(run, av_video, av_files, av_status)
 
             yield from drive(request, progress, lambda job: studio.artv(job, segments, image, steps, guidance, seed),
                              av_status, on_event, on_done)
@@ -335,8 +343,7 @@ def build_app(studio: Studio, *, max_queue: int = DEFAULT_MAX_QUEUE) -> Any:
                 return None
 
             def on_done(run: Run) -> dict:
-                return {fs_video: str(run.mp4), fs_files: [str(run.mp4), str(run.gif)],
-                        fs_gen_status: _run_markdown(run), runs_gallery: gallery_items()}
+                return finished(run, fs_video, fs_files, fs_gen_status)
 
             yield from drive(request, progress, lambda job: studio.fewshot_generate(job, adapter, prompt, seed, steps),
                              fs_gen_status, on_event, on_done)
