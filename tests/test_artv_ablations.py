@@ -154,3 +154,19 @@ def test_ablation_configs_are_the_embedded_recipe_but_for_the_ablated_key():
         assert config[section][key] == value and embedded[section][key] != value
         config[section][key] = embedded[section][key]
         assert {k: v for k, v in config.items() if k != "_path"} == {k: v for k, v in embedded.items() if k != "_path"}
+
+
+def test_mask_claim_needs_a_real_rise(ablations):
+    """Fig. 4's claim holds only for a rise above the curve's wobble: the embedded model's flat curve (0.399 ->
+    0.402) is not counted as rising; a climb is."""
+    def curve(values):
+        return [{"step": i + 1, "timestep": 900 - 100 * i, "mean_mask": v} for i, v in enumerate(values)]
+
+    def held(values):
+        (claim,) = [c for c in ablations.claims([], curve(values), 200) if "mean mask" in c["claim"]]
+        return claim["held"]
+
+    flat = [0.3985, 0.4004, 0.3933, 0.3836, 0.3790, 0.3789, 0.3825, 0.4206]
+    assert held(flat) is False
+    assert held([0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]) is True
+    assert held(list(reversed(flat))) is False

@@ -264,6 +264,11 @@ def run_ablations(model: str | Path, out: str | Path, *, no_mask_model: str | Pa
 # ------------------------------------------------------------------------------------------------ report
 
 
+#: The smallest rise of the mean mask (last third of the steps against the first, in mask units of [0, 1]) counted
+#: as "rises" (Fig. 4 shows it climbing across most of the range); a smaller change is the curve's wobble.
+MASK_RISE = 0.05
+
+
 def _kept(row: dict[str, Any]) -> float | None:
     values = [row.get(k) for k in KEPT]
     return None if any(v is None for v in values) else float(np.mean(values))
@@ -304,8 +309,9 @@ def claims(rows: Sequence[dict[str, Any]], mask_curve: Sequence[dict[str, float]
         early = float(np.mean([p["mean_mask"] for p in mask_curve[:third]]))
         late = float(np.mean([p["mean_mask"] for p in mask_curve[-third:]]))
         out.append({"claim": "the mean mask rises as denoising proceeds (Fig. 4)",
-                    "measure": f"mean mask {early:.3f} over the first {third} steps, {late:.3f} over the last {third}",
-                    "held": late > early})
+                    "measure": f"mean mask {early:.3f} over the first {third} steps, {late:.3f} over the last {third} "
+                               f"(a rise counts from +{MASK_RISE})",
+                    "held": late - early >= MASK_RISE})
     return out
 
 

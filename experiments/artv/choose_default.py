@@ -41,6 +41,11 @@ CANDIDATES: tuple[tuple[str, str, int, tuple[float, float, float], int], ...] = 
     ("ddim_6_w2.5_l0", "ddim", 6, (2.5, 0.25, 0.25), 0),
     ("dpmpp_2m_6_w2.5_l0", "dpmpp_2m", 6, (2.5, 0.25, 0.25), 0),
     ("ddim_8_w4_l0", "ddim", 8, (4.0, 0.25, 0.25), 0),
+    # the reference and anchor guidance weights (eq. 8; the paper's 0.25 each), tried for the object kept rate
+    ("ddim_8_w2.5_a1", "ddim", 8, (2.5, 0.25, 1.0), 0),
+    ("ddim_8_w2.5_a2", "ddim", 8, (2.5, 0.25, 2.0), 0),
+    ("ddim_8_w2.5_r1_a1", "ddim", 8, (2.5, 1.0, 1.0), 0),
+    ("ddim_8_w4_a1", "ddim", 8, (4.0, 0.25, 1.0), 0),
 )
 #: The long-video measures of the table (the ablation table's columns but its seconds per video).
 MEASURES = tuple(c for c in COLUMNS if c[1] != "seconds")
