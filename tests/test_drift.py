@@ -108,6 +108,24 @@ def test_ground_truth_reads_perfect(sequence):
     assert motion[:47].mean() > 5 * max(motion[48:].mean(), 1e-3)  # the last segment stands still
 
 
+def test_room_for_the_motion_on_truth_and_at_the_border(sequence):
+    """The domain keeps every trajectory in the frame, so each translation of the truth has room; the same
+    "left" segment starting with the object at the left edge (the frames mirrored) cannot show its motion."""
+    segments, frames = sequence
+    d = domain_drift(frames, segments)
+    assert [x["possible"] for x in d["segments"]] == [True, True, True, None]  # left, up, right, still
+    assert all(x["room_px"] > 5 for x in d["segments"][:3])
+    assert d["summary"]["motion_right_where_possible"] == 1.0
+    first = frames[0]
+    columns = np.flatnonzero((np.abs(first.astype(int) - first[0, 0].astype(int)).sum(-1) > 30).any(0))
+    at_edge = np.roll(first, -int(columns[0]), axis=1)  # the object moved to touch the left border (flat background)
+    e = domain_drift(np.repeat(at_edge[None], 16, axis=0), segments[:1])  # asked to go left, it stays
+    (seg,) = e["segments"]
+    assert seg["target_motion"] == "left" and seg["motion"] == "still"
+    assert seg["possible"] is False and seg["room_px"] < 2
+    assert e["summary"]["motion_right_per_segment"] == 0.0 and e["summary"]["motion_right_where_possible"] is None
+
+
 def test_motion_amount_of_a_still_and_a_moving_object(sequence):
     _, frames = sequence
     still = np.repeat(frames[50:51], 4, axis=0)

@@ -255,6 +255,8 @@ def summarise(reports: Sequence[DriftReport], truth_contrasts: Sequence[dict[str
         "n": len(reports),
         "motion_right_per_segment": _rate([s["motion_right"] for s in per_segment]),
         "motion_right_all_segments": _rate([s["motion_right_all"] for s in summaries]),
+        "motion_right_where_possible": _rate([s["motion_right"] for s in per_segment if s["possible"] is not False]),
+        "impossible_segments": int(sum(s["possible"] is False for s in per_segment)),
         "motion_right_by_position": [_rate([d["segments"][k]["motion_right"] for d in domain if k < len(d["segments"])])
                                      for k in range(positions)],
         "motion_right_by_motion": {m: float(np.mean(v)) for m, v in sorted(by_motion.items(), key=lambda kv: str(kv[0]))
@@ -351,7 +353,9 @@ def run_longvideo(make_video: Generator, out: str | Path, *, num_sequences: int 
 
     ``metrics["all"]`` (and ``["heldout_sequences"]``: the sequences showing a held-out combination in any
     segment): ``motion_right_per_segment`` (fraction of all segments), ``motion_right_all_segments`` (of the
-    videos), by segment position and by motion; ``colour_kept_every_frame``, ``object_kept_every_frame``, both,
+    videos), ``motion_right_where_possible`` (leaving out the ``impossible_segments``: translations that start
+    too near the border to show the motion inside the frame, e.g. "left" after a first frame that put the object
+    at the left edge), by segment position and by motion; ``colour_kept_every_frame``, ``object_kept_every_frame``, both,
     ``background_kept_every_frame`` (fractions of the videos; against the prompts, as
     :func:`~microcinema.eval.drift.domain_drift`) and the per-frame fractions; ``start_end_contrast``: for each
     measure the mean, mean absolute and largest absolute start-end contrast over videos (``frame_*``: the
@@ -438,6 +442,8 @@ def write_report(out: Path, m: dict[str, Any]) -> Path:
         ("motion right per segment", _pct(a["motion_right_per_segment"]), _pct(h.get("motion_right_per_segment"))),
         ("motion right in all segments of a video", _pct(a["motion_right_all_segments"]),
          _pct(h.get("motion_right_all_segments"))),
+        (f"motion right leaving out the segments that cannot show it ({a['impossible_segments']} left out)",
+         _pct(a["motion_right_where_possible"]), _pct(h.get("motion_right_where_possible"))),
         ("colour kept in every frame", _pct(a["colour_kept_every_frame"]), _pct(h.get("colour_kept_every_frame"))),
         ("object kept in every frame", _pct(a["object_kept_every_frame"]), _pct(h.get("object_kept_every_frame"))),
         ("colour and object kept in every frame", _pct(a["colour_and_object_kept_every_frame"]),
