@@ -46,6 +46,9 @@ CANDIDATES: tuple[tuple[str, str, int, tuple[float, float, float], int], ...] = 
     ("ddim_8_w2.5_a2", "ddim", 8, (2.5, 0.25, 2.0), 0),
     ("ddim_8_w2.5_r1_a1", "ddim", 8, (2.5, 1.0, 1.0), 0),
     ("ddim_8_w4_a1", "ddim", 8, (4.0, 0.25, 1.0), 0),
+    ("ddim_8_w2.5_a4", "ddim", 8, (2.5, 0.25, 4.0), 0),
+    ("ddim_8_w2.5_a8", "ddim", 8, (2.5, 0.25, 8.0), 0),
+    ("ddim_8_w2.5_r1_a2", "ddim", 8, (2.5, 1.0, 2.0), 0),
 )
 #: The long-video measures of the table (the ablation table's columns but its seconds per video).
 MEASURES = tuple(c for c in COLUMNS if c[1] != "seconds")
