@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from microcinema.core.errors import check
 from microcinema.data import synthetic
@@ -372,7 +373,7 @@ def run_longvideo(make_video: Generator, out: str | Path, *, num_sequences: int 
     expected = frames_per_segment * num_segments
     reports, reference, shown = [], [], []
     generation_s = measure_s = 0.0
-    for k, segments in enumerate(sequences):
+    for k, segments in enumerate(tqdm(sequences, desc=f"longvideo ({label})", unit="video")):
         start = time.perf_counter()
         frames = make_video(segments, seed)
         generation_s += time.perf_counter() - start
