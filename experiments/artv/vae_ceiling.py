@@ -19,6 +19,8 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from microcinema.core.video_io import to_uint8_frames
+from microcinema.data.synthetic_dataset import frames_to_tensor
 from microcinema.embedded import embedded_path
 from microcinema.eval.drift import measure_drift
 from microcinema.eval.judge import default_object_classifier
@@ -30,9 +32,8 @@ def round_trip(vae: AutoencoderKL, frames: np.ndarray, batch: int = 16) -> np.nd
     """uint8 (F, H, W, 3) -> the VAE's reconstruction from the latent mean, uint8."""
     out = []
     for i in range(0, len(frames), batch):
-        x = torch.from_numpy(frames[i:i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        y = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+        x = frames_to_tensor(frames[i:i + batch])
+        out.append(to_uint8_frames(vae.decode(vae.encode(x).latent_dist.mode()).sample))
     return np.concatenate(out)
 
 
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         d = rows["vae"][-1].domain["summary"]
         per_sequence.append({"object": segments[0].object, "object_kept_every_frame": d["object_kept_every_frame"],
                              "object_kept_fraction": d["object_kept_fraction"]})
-    result = {name: {**main_rates(summarise(reports)),
-                     "object_kept_frames": summarise(reports)["object_kept_frames"]} for name, reports in rows.items()}
+    summaries = {name: summarise(reports) for name, reports in rows.items()}
+    result = {name: {**main_rates(summary), "object_kept_frames": summary["object_kept_frames"]}
+              for name, summary in summaries.items()}
     digits = [p for p in per_sequence if p["object"].startswith("digit")]
     result["vae"]["digit_sequences"] = len(digits)
     result["vae"]["digit_object_kept_every_frame"] = float(np.mean([p["object_kept_every_frame"] for p in digits])) \

@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from microcinema.core.errors import MicroCinemaError, check
-from microcinema.data.synthetic import BACKGROUNDS, COLOURS, MOTIONS, OBJECTS, ClipSpec
-from microcinema.eval.judge import (ObjectClassifier, estimate_background, estimate_motion, judge_frames,
+from microcinema.data.synthetic import BACKGROUNDS, COLOURS, MOTIONS, OBJECTS, TRANSLATIONS, ClipSpec
+from microcinema.eval.judge import (ObjectClassifier, estimate_motion, judge_frames,
                                     motion_thresholds, object_colour, rgb_to_lab, segment_frame)
 
 #: Fraction of the values at each end that the start-end contrast compares (FramePack, Helios: 15 %).
@@ -390,21 +390,17 @@ def _first_false(flags: Sequence[bool]) -> int | None:
     return next((i for i, ok in enumerate(flags) if not ok), None)
 
 
-#: The direction of each translation in image coordinates (x right, y down).
-DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}
-
-
 def room_for_motion(motion: str | None, centers: np.ndarray, sizes: np.ndarray, frame_shape: Sequence[int]
                     ) -> float | None:
     """Free pixels between the object and the frame's border in ``motion``'s direction, at the first frame whose
     centre and extent were measured (``centers`` (x, y) and ``sizes`` per frame, NaN where not found): None for
     a motion that is not a translation or a segment where the object is never found."""
-    if motion not in DIRECTIONS:
+    if motion not in TRANSLATIONS:
         return None
     ok = np.flatnonzero(np.isfinite(centers).all(1) & np.isfinite(sizes))
     if len(ok) == 0:
         return None
-    axis, sign = DIRECTIONS[motion]
+    axis, sign = TRANSLATIONS[motion]
     centre, half = float(centers[ok[0], axis]), float(sizes[ok[0]]) / 2
     length = int(frame_shape[1] if axis == 0 else frame_shape[0])
     return max(0.0, centre - half) if sign < 0 else max(0.0, length - centre - half)
@@ -476,22 +472,24 @@ def domain_drift(frames: np.ndarray, segments: Sequence[Segment | ClipSpec | Map
         motion, displacement, log_ratio = estimate_motion(np.arange(b - a) / seg.fps, centers, sizes,
                                                           min(frames.shape[1:3]))
         room = room_for_motion(seg.motion, centers, sizes, frames.shape[1:3])
-        need = motion_thresholds((b - a - 1) / seg.fps, min(frames.shape[1:3])).translation
+        possible = None if room is None else bool(
+            room >= motion_thresholds((b - a - 1) / seg.fps, min(frames.shape[1:3])).translation)
         per_segment.append({
             "start": a, "stop": b, "prompt": seg.prompt, "target_motion": seg.motion, "motion": motion,
             "motion_right": None if seg.motion is None else motion == seg.motion,
-            "room_px": room, "possible": None if room is None else bool(room >= need),
+            "room_px": room, "possible": possible,
             "displacement_px": [float(d) for d in displacement], "log_size_ratio": float(log_ratio)})
 
     # scored: against the prompt where it names the colour / object, else against frame 0
     colour_ok = [p if p is not None else f for p, f in zip(colour_kept, colour_kept_first)]
     object_ok = [p if p is not None else f for p, f in zip(object_kept, object_kept_first)]
     scored = [s["motion_right"] for s in per_segment if s["motion_right"] is not None]
-    possible = [s["motion_right"] for s in per_segment if s["motion_right"] is not None and s["possible"] is not False]
+    where_possible = [s["motion_right"] for s in per_segment
+                      if s["motion_right"] is not None and s["possible"] is not False]
     summary = {
         "motion_right_per_segment": float(np.mean(scored)) if scored else None,
         "motion_right_all": bool(all(scored)) if scored else None,
-        "motion_right_where_possible": float(np.mean(possible)) if possible else None,
+        "motion_right_where_possible": float(np.mean(where_possible)) if where_possible else None,
         "colour_kept_every_frame": bool(all(colour_ok)), "object_kept_every_frame": bool(all(object_ok)),
         "colour_kept_fraction": float(np.mean(colour_ok)), "object_kept_fraction": float(np.mean(object_ok)),
         "colour_lost_at": _first_false(colour_ok), "object_lost_at": _first_false(object_ok),
